@@ -1,0 +1,159 @@
+"""The ``otsafe`` command.
+
+``otsafe run PRESET --out DIR``   run an experiment (``otsafe presets`` lists them)
+``otsafe presets``                list the built-in presets
+``otsafe render MAP --out FILE``  draw a map with its safety values
+
+Bad input (unknown preset or key, out-of-range value, bad map, unusable output directory) prints
+one line on stderr and exits with status 2; no traceback, no run directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from otsafe import __version__
+from otsafe.errors import OtsafeError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"otsafe: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="otsafe",
+        description="Safe reinforcement learning with optimal transport.",
+    )
+    parser.add_argument("--version", action="version", version=f"otsafe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run an experiment preset", description="Run an experiment.")
+    run.add_argument("preset", help="preset name (see `otsafe presets`)")
+    run.add_argument("--out", required=True, type=Path, help="run directory to create")
+    run.add_argument("--seeds", type=int, help="number of seeds (experiment.seeds)")
+    run.add_argument("--episodes", type=int, help="episodes per run (experiment.episodes)")
+    run.add_argument("--map", help="built-in map name or ASCII map file (env.map)")
+    run.add_argument("--workers", type=int, help="parallel processes, 0 = one per core")
+    run.add_argument("--config", type=Path, help="YAML file of config overrides")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+        help="override any config value, e.g. --set agent.beta=50 (repeatable)",
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--no-figures", action="store_true", help="skip the figures")
+
+    sub.add_parser("presets", help="list the built-in presets")
+
+    render = sub.add_parser("render", help="draw a map with its safety values")
+    render.add_argument("map", help="built-in map name or ASCII map file")
+    render.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    render.add_argument("--safety-values", help="file of per-cell safety values (H x W table)")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from otsafe.experiments.config import resolve_config
+    from otsafe.experiments.runner import run_experiment
+
+    config = resolve_config(
+        preset=args.preset,
+        config_file=args.config,
+        shortcuts={
+            "experiment.seeds": args.seeds,
+            "experiment.episodes": args.episodes,
+            "env.map": args.map,
+            "experiment.workers": args.workers,
+        },
+        sets=args.sets,
+    )
+    summary = run_experiment(
+        config,
+        args.out,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        figures=not args.no_figures,
+    )
+    print(f"wrote {args.out}/ (config.yaml, metrics.csv, summary.json, figures/)")
+    for name, stats in summary["methods"].items():
+        conv = stats["convergence_episode"]
+        coll = stats["collisions_total"]
+        print(
+            f"  {name:>22}: convergence episode {_fmt(conv['mean'])}, "
+            f"collisions {_fmt(coll['mean'])} per run"
+        )
+    for name, comp in summary["comparisons"].items():
+        red = comp["collision_reduction"]
+        print(
+            f"  {name}: collision reduction {_fmt_pct(red['mean'])} "
+            f"[95% CI {_fmt_pct(red['ci_low'])}, {_fmt_pct(red['ci_high'])}]"
+        )
+    return 0
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def _fmt_pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def _cmd_presets() -> int:
+    from otsafe.experiments.config import list_presets
+
+    presets = list_presets()
+    width = max(len(name) for name in presets)
+    for name, description in presets.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from otsafe.envs.gridworld import GridWorld
+    from otsafe.errors import RunDirectoryError
+    from otsafe.experiments.plots import render_map_figure
+    from otsafe.experiments.runner import load_safety_values
+
+    out: Path = args.out
+    if out.suffix.lower() != ".png":
+        raise RunDirectoryError(f"--out must be a .png file, got {str(out)!r}")
+    if not out.resolve().parent.is_dir():
+        raise RunDirectoryError(f"directory of --out {str(out.parent)!r} does not exist")
+    env = GridWorld(args.map, safety_values=load_safety_values(args.safety_values))
+    render_map_figure(env, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``otsafe`` command; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "presets":
+            return _cmd_presets()
+        return _cmd_render(args)
+    except OtsafeError as exc:
+        print(f"otsafe: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("otsafe: interrupted; no run directory was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Validated experiment configuration: presets, YAML files and ``key=value`` overrides.
+
+A configuration is resolved in this order, each layer overriding the previous one:
+
+1. the model defaults below;
+2. the preset (``src/otsafe/experiments/presets/NAME.yaml``);
+3. ``--config FILE.yaml``;
+4. the CLI shortcuts ``--seeds``, ``--episodes``, ``--map``, ``--workers``;
+5. ``--set key=value`` (dotted keys, values parsed as YAML: ``--set agent.beta=50``).
+
+Every layer is checked against the pydantic models: an unknown key raises
+:class:`~otsafe.errors.ConfigError` with the closest valid name, and an out-of-range value names
+the key and the allowed range.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from otsafe.agents.tabular import OTQLearning
+from otsafe.envs.gridmap import load_map
+from otsafe.errors import ConfigError, OtsafeError
+
+__all__ = [
+    "AgentConfig",
+    "EnvConfig",
+    "ExperimentConfig",
+    "OTQConfig",
+    "apply_overrides",
+    "list_presets",
+    "load_preset",
+    "parse_set",
+    "resolve_config",
+]
+
+Method = Literal["q-learning", "ot-q"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExperimentConfig(_Strict):
+    """What to run: methods, seeds, episodes, parallelism."""
+
+    name: str = "otq-paper"
+    description: str = ""
+    methods: list[Method] = Field(default_factory=lambda: ["q-learning", "ot-q"], min_length=1)
+    seeds: int = Field(5, ge=1, le=10_000, description="number of seeds: seed_start, +1, ...")
+    seed_start: int = Field(0, ge=0)
+    episodes: int = Field(500, ge=1, le=10_000_000)
+    beta_sweep: list[float] = Field(
+        default_factory=list,
+        description="if non-empty, OT-Q runs once per beta in the list (agent.beta is ignored)",
+    )
+    workers: int = Field(0, ge=0, description="parallel processes; 0 = one per CPU core")
+    convergence_window: int = Field(20, ge=1)
+    convergence_tail: int = Field(50, ge=1)
+    convergence_tolerance: float = Field(0.1, gt=0)
+    final_episodes: int = Field(50, ge=1, description="episodes averaged for 'final' metrics")
+
+    @field_validator("beta_sweep")
+    @classmethod
+    def _positive_betas(cls, value: list[float]) -> list[float]:
+        for beta in value:
+            if not beta > 0:
+                raise ValueError(f"every beta in the sweep must be positive, got {beta}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"methods must not repeat, got {value}")
+        return value
+
+
+class EnvConfig(_Strict):
+    """The gridworld."""
+
+    map: str = "paper"
+    max_steps: int = Field(500, ge=1, le=10_000_000)
+    safety_values: str | None = Field(
+        None, description="path to a whitespace-separated H x W table of per-cell safety values"
+    )
+
+
+class AgentConfig(_Strict):
+    """Q-learning / OT-Q hyperparameters (DESIGN §1 defaults)."""
+
+    alpha: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(0.99, ge=0, le=1)
+    epsilon_start: float = Field(1.0, ge=0, le=1)
+    epsilon_decay: float = Field(0.99, gt=0, le=1)
+    epsilon_min: float = Field(0.01, ge=0, le=1)
+    beta: float = Field(OTQLearning.DEFAULT_BETA, gt=0, allow_inf_nan=False)
+    state_distribution: Literal["visits", "truncated", "empirical"] = "visits"
+    ot_method: Literal["tripartite", "dense"] = "tripartite"
+
+
+class OTQConfig(_Strict):
+    """A complete OT-Q experiment."""
+
+    preset: str = "otq-paper"
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------- presets
+def _preset_dir() -> Any:
+    return resources.files("otsafe.experiments").joinpath("presets")
+
+
+def list_presets() -> dict[str, str]:
+    """Built-in presets: name -> one-line description."""
+    out = {}
+    for entry in sorted(_preset_dir().iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            data = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")]] = str(
+                data.get("experiment", {}).get("description", "")
+            )
+    return out
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw override mapping of a built-in preset."""
+    presets = list_presets()
+    if name not in presets:
+        hint = _suggest(name, presets)
+        raise ConfigError(f"unknown preset {name!r}{hint}; `otsafe presets` lists them")
+    data = yaml.safe_load(_preset_dir().joinpath(f"{name}.yaml").read_text()) or {}
+    data["preset"] = name
+    return dict(data)
+
+
+# -------------------------------------------------------------------------------- overrides
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """Parse ``key=value`` (value as YAML) into ``("key", value)``."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return key, value
+
+
+def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` (nested or dotted keys) into a copy of ``base``."""
+    out: dict[str, Any] = _deep_copy(base)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = apply_overrides(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = _deep_copy(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _load_yaml_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values")
+    return data
+
+
+def resolve_config(
+    preset: str | None = "otq-paper",
+    config_file: str | Path | None = None,
+    shortcuts: Mapping[str, Any] | None = None,
+    sets: Iterable[str] = (),
+) -> OTQConfig:
+    """Resolve a configuration from its layers (see the module docstring) and validate it.
+
+    Also checks what the models cannot: that the map exists and parses, and that a safety-values
+    file exists, so a run fails before it creates anything.
+    """
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = load_preset(preset)
+    if config_file is not None:
+        data = apply_overrides(data, _load_yaml_file(config_file))
+    if shortcuts:
+        data = apply_overrides(data, {k: v for k, v in shortcuts.items() if v is not None})
+    data = apply_overrides(data, dict(parse_set(s) for s in sets))
+    config = validate_config(data)
+    try:
+        load_map(config.env.map)
+    except OtsafeError as exc:
+        raise ConfigError(f"env.map: {exc}") from None
+    if config.env.safety_values is not None and not Path(config.env.safety_values).is_file():
+        raise ConfigError(f"env.safety_values: file {config.env.safety_values!r} does not exist")
+    return config
+
+
+def validate_config(data: Mapping[str, Any]) -> OTQConfig:
+    """Validate a nested mapping into an :class:`OTQConfig`, with one-line errors."""
+    try:
+        return OTQConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        parent_model = _model_at(loc[:-1])
+        valid = list(parent_model.model_fields) if parent_model is not None else []
+        hint = _suggest(loc[-1], valid)
+        return f"unknown config key {key!r}{hint}"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid config value for {key!r}: {err['msg']} (got {err.get('input')!r}){more}"
+
+
+def _model_at(path: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = OTQConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""

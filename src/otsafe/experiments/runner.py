@@ -1,0 +1,363 @@
+"""Run an OT-Q experiment: methods x seeds, in parallel, into a run directory.
+
+Data flows one way: config -> jobs (method, beta, seed) -> agent <-> env -> metrics -> report.
+
+The run directory is written in a hidden staging directory next to it and renamed into place
+only when every file is complete, so an interrupted or failed run never leaves a directory that
+looks finished. It holds:
+
+``config.yaml``     the fully resolved configuration;
+``metrics.csv``     one row per (method, seed, episode);
+``summary.json``    per-method statistics over seeds, the OT-Q vs Q-learning comparison, timing;
+``figures/*.png``   learning curves with confidence bands, heatmaps of P^s and P^pi, the OT plan.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+import otsafe
+from otsafe.agents.tabular import QLearning
+from otsafe.envs.gridworld import GridWorld
+from otsafe.errors import RunDirectoryError, SafetyValuesError
+from otsafe.experiments.config import OTQConfig
+from otsafe.experiments.metrics import METRIC_COLUMNS, convergence_episode
+from otsafe.experiments.stats import mean_ci, relative_reduction
+
+__all__ = ["JobResult", "RunJob", "make_jobs", "run_experiment", "run_job"]
+
+BASELINE = "q-learning"
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One training run: a method (with its beta) and a seed."""
+
+    method: str
+    beta: float
+    seed: int
+    config: OTQConfig
+
+
+@dataclass
+class JobResult:
+    """What a job returns to the runner."""
+
+    job: RunJob
+    metrics: dict[str, NDArray[Any]]
+    final_state_distribution: NDArray[np.float64] | None
+    plan_arrows: NDArray[np.float64] | None  # rows (r0, c0, r1, c1, mass)
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def method_label(method: str, beta: float, sweep: bool) -> str:
+    if method == "ot-q" and sweep:
+        return f"ot-q[beta={beta:g}]"
+    return method
+
+
+def make_jobs(config: OTQConfig) -> list[RunJob]:
+    """Expand a config into its (method, beta, seed) jobs, in report order."""
+    exp = config.experiment
+    seeds = range(exp.seed_start, exp.seed_start + exp.seeds)
+    jobs = []
+    for method in exp.methods:
+        if method == "ot-q":
+            betas = exp.beta_sweep or [config.agent.beta]
+        else:
+            betas = [0.0]
+        for beta in betas:
+            label = method_label(method, beta, bool(exp.beta_sweep))
+            jobs.extend(RunJob(label, float(beta), seed, config) for seed in seeds)
+    return jobs
+
+
+def load_safety_values(path: str | None) -> NDArray[np.float64] | None:
+    """Read a whitespace-separated table of per-cell safety values."""
+    if path is None:
+        return None
+    try:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise SafetyValuesError(f"cannot read safety values from {path!r}: {exc}") from None
+    return np.asarray(values)
+
+
+def make_env(config: OTQConfig) -> GridWorld:
+    return GridWorld(
+        config.env.map,
+        max_steps=config.env.max_steps,
+        safety_values=load_safety_values(config.env.safety_values),
+    )
+
+
+def run_job(job: RunJob, progress: Callable[[int], None] | None = None) -> JobResult:
+    """Train one agent and collect its per-episode metrics."""
+    cfg = job.config
+    env = make_env(cfg)
+    agent_cfg = cfg.agent
+    agent = QLearning(
+        env,
+        alpha=agent_cfg.alpha,
+        gamma=agent_cfg.gamma,
+        epsilon_start=agent_cfg.epsilon_start,
+        epsilon_decay=agent_cfg.epsilon_decay,
+        epsilon_min=agent_cfg.epsilon_min,
+        beta=job.beta,
+        seed=job.seed,
+        state_distribution=agent_cfg.state_distribution,
+        ot_method=agent_cfg.ot_method,
+    )
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for metrics in agent.iter_episodes(cfg.experiment.episodes):
+        rows.append(metrics.as_dict())
+        if progress is not None:
+            progress(1)
+    arrays = {key: np.array([r[key] for r in rows]) for key in ("episode", *METRIC_COLUMNS)}
+    arrows = None
+    plan = agent.last_plan
+    if plan is not None:
+        dense = plan.dense()
+        cells = env.grid.coordinates[np.flatnonzero(env.grid.reachable.ravel())]
+        i, j = np.nonzero(dense > 0)
+        moving = i != j
+        arrows = np.column_stack(
+            [cells[i[moving]], cells[j[moving]], dense[i[moving], j[moving]]]
+        )
+    return JobResult(
+        job=job,
+        metrics=arrays,
+        final_state_distribution=agent.last_state_distribution,
+        plan_arrows=arrows,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _job_in_subprocess(job: RunJob) -> JobResult:
+    return run_job(job)
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def execute_jobs(
+    jobs: list[RunJob], workers: int, progress: Callable[[int], None] | None = None
+) -> list[JobResult]:
+    """Run jobs sequentially (``workers == 1``) or in a process pool; results in job order."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [run_job(job, progress) for job in jobs]
+    results: dict[int, JobResult] = {}
+    episodes = jobs[0].config.experiment.episodes
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        pending: dict[Future[JobResult], int] = {
+            pool.submit(_job_in_subprocess, job): k for k, job in enumerate(jobs)
+        }
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                k = pending.pop(fut)
+                results[k] = fut.result()
+                if progress is not None:
+                    progress(episodes)
+    return [results[k] for k in range(len(jobs))]
+
+
+# ------------------------------------------------------------------------------ summary
+def summarise(config: OTQConfig, results: list[JobResult]) -> dict[str, Any]:
+    """Per-method statistics over seeds and the comparison with Q-learning."""
+    exp = config.experiment
+    by_method: dict[str, list[JobResult]] = {}
+    for res in results:
+        by_method.setdefault(res.job.method, []).append(res)
+    methods: dict[str, Any] = {}
+    collisions: dict[str, NDArray[np.float64]] = {}
+    convergence: dict[str, NDArray[np.float64]] = {}
+    k_final = min(exp.final_episodes, exp.episodes)
+    for name, runs in by_method.items():
+        conv = np.array(
+            [
+                convergence_episode(
+                    r.metrics["length"],
+                    window=exp.convergence_window,
+                    tail=exp.convergence_tail,
+                    tolerance=exp.convergence_tolerance,
+                )
+                for r in runs
+            ]
+        )
+        coll = np.array([r.metrics["collisions"].sum() for r in runs], dtype=np.float64)
+        risky = np.array([r.metrics["risky_visits"].sum() for r in runs], dtype=np.float64)
+        convergence[name], collisions[name] = conv, coll
+
+        def final(key: str, runs: list[JobResult] = runs) -> NDArray[np.float64]:
+            return np.array([r.metrics[key][-k_final:].mean() for r in runs], dtype=np.float64)
+
+        methods[name] = {
+            "beta": runs[0].job.beta,
+            "seeds": [r.job.seed for r in runs],
+            "convergence_episode": {
+                **mean_ci(conv).as_dict(),
+                "per_seed": [None if math.isnan(c) else c for c in conv.tolist()],
+                "converged_seeds": int(np.isfinite(conv).sum()),
+            },
+            "collisions_total": {**mean_ci(coll).as_dict(), "per_seed": coll.tolist()},
+            "risky_visits_total": {**mean_ci(risky).as_dict(), "per_seed": risky.tolist()},
+            "final_env_return": mean_ci(final("env_return")).as_dict(),
+            "final_shaped_return": mean_ci(final("shaped_return")).as_dict(),
+            "final_length": mean_ci(final("length")).as_dict(),
+            "final_w2": mean_ci(final("w2")).as_dict(),
+            "final_success_rate": mean_ci(final("success")).as_dict(),
+            "mean_env_return": mean_ci(
+                [r.metrics["env_return"].mean() for r in runs]
+            ).as_dict(),
+            "train_seconds_per_seed": mean_ci([r.seconds for r in runs]).as_dict(),
+        }
+    comparisons: dict[str, Any] = {}
+    if BASELINE in by_method:
+        for name in by_method:
+            if name == BASELINE:
+                continue
+            diff = convergence[BASELINE] - convergence[name]
+            comparisons[f"{name} vs {BASELINE}"] = {
+                "collision_reduction": relative_reduction(
+                    collisions[BASELINE], collisions[name]
+                ).as_dict(),
+                "convergence_episodes_earlier": mean_ci(diff).as_dict(),
+                "note": (
+                    "collision_reduction = 1 - mean collisions(method) / mean collisions"
+                    "(q-learning), percentile-bootstrap 95% CI over seeds; "
+                    "convergence_episodes_earlier = convergence(q-learning) - "
+                    "convergence(method) per seed, Student-t 95% CI"
+                ),
+            }
+    return {"methods": methods, "comparisons": comparisons}
+
+
+# ----------------------------------------------------------------------------- writing
+def _write_metrics_csv(path: Path, results: list[JobResult]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "beta", "seed", "episode", *METRIC_COLUMNS])
+        for res in results:
+            m = res.metrics
+            cols = [m[key] for key in METRIC_COLUMNS]
+            for k, ep in enumerate(m["episode"]):
+                row: list[Any] = [res.job.method, f"{res.job.beta:g}", res.job.seed, int(ep)]
+                for key, col in zip(METRIC_COLUMNS, cols):
+                    v = col[k]
+                    if key in ("length", "collisions", "risky_visits", "success"):
+                        row.append(int(v))
+                    else:
+                        row.append(repr(float(v)))
+                writer.writerow(row)
+
+
+def prepare_run_dir(out: Path, overwrite: bool) -> Path:
+    """Check the output directory and return a fresh staging directory beside it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"--out {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise RunDirectoryError(
+            f"run directory {str(out)!r} already exists and is not empty; "
+            "choose another --out or pass --overwrite"
+        )
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot create {str(parent)!r}: {exc}") from None
+    staging = parent / f".{out.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def finalise_run_dir(staging: Path, out: Path) -> None:
+    """Move a complete staging directory into place (replacing ``out`` if it exists)."""
+    out = Path(out)
+    if out.exists():
+        trash = out.resolve().parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(trash)
+        staging.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def run_experiment(
+    config: OTQConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Run every (method, seed) of ``config`` and write the run directory ``out``.
+
+    Returns the summary (also written to ``summary.json``).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    staging = prepare_run_dir(out, overwrite)
+    try:
+        jobs = make_jobs(config)
+        workers = config.experiment.workers or default_workers()
+        workers = max(1, min(workers, len(jobs)))
+        total = len(jobs) * config.experiment.episodes
+        started = time.perf_counter()
+        with tqdm(
+            total=total, desc=config.experiment.name, unit="ep", disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
+            results = execute_jobs(jobs, workers, bar.update)
+        wall = time.perf_counter() - started
+        (staging / "config.yaml").write_text(config.to_yaml())
+        _write_metrics_csv(staging / "metrics.csv", results)
+        summary = summarise(config, results)
+        summary["run"] = {
+            "otsafe_version": otsafe.__version__,
+            "preset": config.preset,
+            "map": config.env.map,
+            "state_distribution": config.agent.state_distribution,
+            "ot_method": config.agent.ot_method,
+            "jobs": len(jobs),
+            "workers": workers,
+            "wall_seconds": wall,
+            "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {default_workers()} CPU cores",
+        }
+        if figures:
+            from otsafe.experiments.plots import write_figures
+
+            (staging / "figures").mkdir()
+            write_figures(staging / "figures", config, results, make_env(config))
+        # summary.json last: its presence marks a complete run.
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        finalise_run_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
