@@ -16,6 +16,8 @@ reproduce its metrics; ``benchmarks/bench_otq.py`` checks that.
 
 from __future__ import annotations
 
+import time
+
 import gymnasium as gym
 import numpy as np
 import ot
@@ -30,11 +32,16 @@ def run_literal(
     max_steps: int = 500,
     alpha: float = 0.1,
     gamma: float = 0.99,
-    beta: float = 100.0,
+    beta: float = 1000.0,
     epsilon: float = 1.0,
     epsilon_decay: float = 0.99,
     epsilon_min: float = 0.01,
+    timings: dict[str, float] | None = None,
 ) -> list[dict[str, float]]:
+    """Train literal OT-Q for ``episodes`` episodes; ``timings`` accumulates seconds per phase."""
+    clock = timings if timings is not None else {}
+    for phase in ("step loop", "P^pi (chain)", "OT plan"):
+        clock.setdefault(phase, 0.0)
     env = gym.make("otsafe/GridWorld-v0", map=map_name, max_steps=max_steps)
     base = env.unwrapped
     grid = base.grid
@@ -53,6 +60,7 @@ def run_literal(
     index = {s: k for k, s in enumerate(states)}
     out = []
     for episode in range(episodes):
+        t0 = time.perf_counter()
         rng = np.random.default_rng(np.random.SeedSequence([seed, episode]))
         s, _ = env.reset(seed=seed)
         s = int(s)
@@ -89,6 +97,7 @@ def run_literal(
             if truncated:
                 break
 
+        t1 = time.perf_counter()
         # P^pi: expected visits of the epsilon-greedy policy, dense transition matrix + solve.
         P = np.zeros((n_cells, n_cells))
         for x in states:
@@ -110,10 +119,15 @@ def run_literal(
         p_pi[index[goal]] = goal_visits
         p_pi /= p_pi.sum()
 
+        t2 = time.perf_counter()
         # Exact OT plan (Eq. 3) and W2 (Eq. 4); the bonus C = T* * c (Eq. 5).
         T = ot.emd(p_pi, p_s, M)
         w2 = float(np.sqrt(np.sum(T * M)))
         C = T * M
+        t3 = time.perf_counter()
+        clock["step loop"] += t1 - t0
+        clock["P^pi (chain)"] += t2 - t1
+        clock["OT plan"] += t3 - t2
         out.append(
             {
                 "episode": episode + 1,

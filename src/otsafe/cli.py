@@ -48,7 +48,11 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="parallel processes, 0 = one per core")
     run.add_argument("--config", type=Path, help="YAML file of config overrides")
     run.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="sets",
         help="override any config value, e.g. --set agent.beta=50 (repeatable)",
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -124,8 +128,8 @@ def _cmd_presets() -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     from otsafe.envs.gridworld import GridWorld
     from otsafe.errors import RunDirectoryError
+    from otsafe.experiments.config import load_safety_values
     from otsafe.experiments.plots import render_map_figure
-    from otsafe.experiments.runner import load_safety_values
 
     out: Path = args.out
     if out.suffix.lower() != ".png":

@@ -23,7 +23,7 @@ class OtsafeError(ValueError):
 
 
 class MapError(OtsafeError):
-    """A grid map is malformed: bad characters, ragged rows, missing start/goal, unreachable goal."""
+    """A grid map is malformed: bad characters, ragged rows, start/goal count, unreachable goal."""
 
 
 class SafetyValuesError(OtsafeError):

@@ -35,8 +35,9 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-from scipy.linalg import solve_banded
 from numpy.typing import ArrayLike, NDArray
+from scipy.linalg import solve_banded
+from scipy.sparse import csgraph
 
 from otsafe.envs.gridmap import GridMap
 from otsafe.envs.gridworld import GridWorld
@@ -145,7 +146,13 @@ class ChainModel:
         r = to_goal.reshape(n_t, 4).sum(axis=1)  # one-step probability of entering the goal
         start = int(np.searchsorted(self.transient, self.grid.start_index))
         if mode == "visits":
-            visits, goal = self._visits(q_values, r, start)
+            if np.all(flat > 0):
+                # Every action has positive probability: moves are reversible, so every reachable
+                # cell reaches the goal and I - Q is non-singular.
+                visits = self._solve_visits(q_values, start)
+            else:
+                visits = self._visits_on_support(q_values, r, start)
+            goal = float(visits @ r)
         elif mode == "truncated":
             if max_steps is None or max_steps < 1:
                 raise ChainError("mode='truncated' needs a positive max_steps")
@@ -157,43 +164,72 @@ class ChainModel:
         out[self.grid.goal_index] = goal
         return np.asarray(out / out.sum(), dtype=np.float64)
 
-    def _visits(
-        self, q_values: NDArray[np.float64], r: NDArray[np.float64], start: int
-    ) -> tuple[NDArray[np.float64], float]:
-        # Solve (I - Q)^T n = e_0: entry (j, i) of (I - Q)^T holds -Q[i, j].
+    def _solve_visits(self, q_values: NDArray[np.float64], start: int) -> NDArray[np.float64]:
+        """Solve (I - Q)^T n = e_0 on all transient cells (banded LU or SuperLU)."""
+        # Entry (j, i) of (I - Q)^T holds -Q[i, j].
         n_t = self.transient.size
         e0 = np.zeros(n_t)
         e0[start] = 1.0
-        try:
-            if self.bandwidth <= _MAX_BANDWIDTH:
-                bw = self.bandwidth
-                # LAPACK band storage: ab[bw + i - j, j] = A[i, j] with i = col, j = row of Q.
-                flat_index = (bw + self.cols - self.rows) * n_t + self.rows
-                ab = -np.bincount(flat_index, weights=q_values, minlength=(2 * bw + 1) * n_t)
-                ab = ab.reshape(2 * bw + 1, n_t)
-                ab[bw] += 1.0
-                visits = solve_banded((bw, bw), ab, e0, check_finite=False)
-            else:
-                a = sp.csc_array(
-                    (
-                        np.concatenate([np.ones(n_t), -q_values]),
-                        (
-                            np.concatenate([np.arange(n_t), self.cols]),
-                            np.concatenate([np.arange(n_t), self.rows]),
-                        ),
-                    ),
-                    shape=(n_t, n_t),
-                )
-                visits = spla.spsolve(a, e0)
-        except (RuntimeError, np.linalg.LinAlgError):  # exactly singular factor
-            visits = np.full(n_t, np.nan)
-        goal = float(visits @ r)
-        if not np.all(np.isfinite(visits)) or visits.min() < -1e-9 or not np.isfinite(goal):
+        if self.bandwidth <= _MAX_BANDWIDTH:
+            bw = self.bandwidth
+            # LAPACK band storage: ab[bw + i - j, j] = A[i, j] with i = col, j = row of Q.
+            flat_index = (bw + self.cols - self.rows) * n_t + self.rows
+            ab = -np.bincount(flat_index, weights=q_values, minlength=(2 * bw + 1) * n_t)
+            ab = ab.reshape(2 * bw + 1, n_t)
+            ab[bw] += 1.0
+            visits = solve_banded((bw, bw), ab, e0, check_finite=False)
+        else:
+            visits = _sparse_visits(self.rows, self.cols, q_values, n_t, start)
+        if not np.all(np.isfinite(visits)) or visits.min() < -1e-9:  # pragma: no cover
+            raise ChainError("the expected-visits system is numerically singular")
+        return np.asarray(np.clip(visits, 0.0, None), dtype=np.float64)
+
+    def _visits_on_support(
+        self, q_values: NDArray[np.float64], r: NDArray[np.float64], start: int
+    ) -> NDArray[np.float64]:
+        """Expected visits of a policy with zero-probability actions.
+
+        Only the cells the policy can visit from the start matter; if one of them can never reach
+        the goal, expected visits are infinite.
+        """
+        n_t = self.transient.size
+        live = q_values > 0
+        rows, cols = self.rows[live], self.cols[live]
+        forward = sp.csr_array((np.ones(rows.size), (rows, cols)), shape=(n_t, n_t))
+        visited = np.sort(csgraph.breadth_first_order(forward, start, return_predecessors=False))
+        exits = np.flatnonzero(r > 0)
+        # Reverse graph plus a virtual node n_t pointing at every cell with a move into the goal.
+        backward = sp.csr_array(
+            (
+                np.ones(rows.size + exits.size),
+                (np.concatenate([cols, np.full(exits.size, n_t)]), np.concatenate([rows, exits])),
+            ),
+            shape=(n_t + 1, n_t + 1),
+        )
+        reaches_goal = np.zeros(n_t + 1, dtype=bool)
+        reaches_goal[csgraph.breadth_first_order(backward, n_t, return_predecessors=False)] = True
+        trapped = visited[~reaches_goal[visited]]
+        if trapped.size:
+            w = self.grid.shape[1]
+            cell = divmod(int(self.transient[trapped[0]]), w)
             raise ChainError(
-                "the policy never reaches the goal from some cell it visits, so expected visits "
-                "per episode are infinite; use mode='truncated' (or a policy with epsilon > 0)"
+                f"the policy can reach cell {cell} from the start but never reaches the goal from "
+                "there, so expected visits per episode are infinite; use mode='truncated' "
+                "(or a policy with epsilon > 0)"
             )
-        return np.clip(visits, 0.0, None), goal
+        pos = np.full(n_t, -1, dtype=np.int64)
+        pos[visited] = np.arange(visited.size)
+        keep = live & (pos[self.rows] >= 0) & (pos[self.cols] >= 0)
+        sub_visits = _sparse_visits(
+            pos[self.rows[keep]],
+            pos[self.cols[keep]],
+            q_values[keep],
+            visited.size,
+            int(pos[start]),
+        )
+        visits = np.zeros(n_t)
+        visits[visited] = np.clip(sub_visits, 0.0, None)
+        return visits
 
     def _truncated(
         self, q_values: NDArray[np.float64], r: NDArray[np.float64], start: int, max_steps: int
@@ -211,6 +247,26 @@ class ChainModel:
             if x.sum() < _TRUNCATION_MASS_TOL:
                 break
         return visits, goal
+
+
+def _sparse_visits(
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+    q_values: NDArray[np.float64],
+    n: int,
+    start: int,
+) -> NDArray[np.float64]:
+    """Solve (I - Q)^T n = e_start with SuperLU, Q given by its nonzeros at (rows, cols)."""
+    a = sp.csc_array(
+        (
+            np.concatenate([np.ones(n), -q_values]),
+            (np.concatenate([np.arange(n), cols]), np.concatenate([np.arange(n), rows])),
+        ),
+        shape=(n, n),
+    )
+    e0 = np.zeros(n)
+    e0[start] = 1.0
+    return np.asarray(spla.spsolve(a, e0), dtype=np.float64)
 
 
 def policy_state_distribution(

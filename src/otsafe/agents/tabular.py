@@ -75,7 +75,9 @@ class EpisodeMetrics:
         return asdict(self)
 
 
-def _check_range(name: str, value: float, low: float, high: float, *, open_low: bool = False) -> None:
+def _check_range(
+    name: str, value: float, low: float, high: float, *, open_low: bool = False
+) -> None:
     ok = (low < value if open_low else low <= value) and value <= high
     if not ok or not math.isfinite(value):
         bracket = "(" if open_low else "["
@@ -189,6 +191,7 @@ class QLearning:
         self._visit_counts = np.zeros(n)
         self.last_plan: GridPlan | OTSolution | None = None
         self.last_state_distribution: NDArray[np.float64] | None = None
+        self._last_policy: NDArray[np.float64] | None = None
 
     # --------------------------------------------------------------------------- tables
     @property
@@ -215,7 +218,11 @@ class QLearning:
         alpha, gamma, eps = self.alpha, self.gamma, self.epsilon
         Q, B = self._q, self._bonus
         nxt, rew, col, term, risky = (
-            self._next, self._reward, self._collision, self._terminal, self._risky
+            self._next,
+            self._reward,
+            self._collision,
+            self._terminal,
+            self._risky,
         )
         uniforms = self.episode_uniforms(self.episodes_done).tolist()
         visits = self._visit_counts
@@ -278,11 +285,22 @@ class QLearning:
             return math.nan
         if self.state_distribution == "empirical":
             p_pi = self._visit_counts / self._visit_counts.sum()
+            plan = self._ot.solve(p_pi[self._support], self._p_s[self._support])
         else:
-            p_pi = self._chain.state_distribution(
-                self.policy(), mode=self.state_distribution, max_steps=self.env.max_steps
-            )
-        plan = self._ot.solve(p_pi[self._support], self._p_s[self._support])
+            policy = self.policy()
+            if (
+                self.last_plan is not None
+                and self._last_policy is not None
+                and np.array_equal(policy, self._last_policy)
+            ):
+                # Same policy as after the previous episode: P^pi and T* are unchanged.
+                p_pi, plan = self.last_state_distribution, self.last_plan
+            else:
+                p_pi = self._chain.state_distribution(
+                    policy, mode=self.state_distribution, max_steps=self.env.max_steps
+                )
+                plan = self._ot.solve(p_pi[self._support], self._p_s[self._support])
+            self._last_policy = policy
         self.last_plan = plan
         self.last_state_distribution = p_pi
         if self.beta > 0:
@@ -318,7 +336,7 @@ class OTQLearning(QLearning):
     sweep (see ``docs/reproduction/otq.md``).
     """
 
-    DEFAULT_BETA = 100.0
+    DEFAULT_BETA = 1000.0
 
     def __init__(self, env: GridWorld, *, beta: float = DEFAULT_BETA, **kwargs: Any) -> None:
         if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):

@@ -242,7 +242,10 @@ class GridMap:
         coords = self.coordinates.astype(np.int64)
         target = coords[:, None, :] + ACTION_DELTAS[None, :, :]  # (n, 4, 2)
         off_grid = (
-            (target[..., 0] < 0) | (target[..., 0] >= h) | (target[..., 1] < 0) | (target[..., 1] >= w)
+            (target[..., 0] < 0)
+            | (target[..., 0] >= h)
+            | (target[..., 1] < 0)
+            | (target[..., 1] >= w)
         )
         tr = np.clip(target[..., 0], 0, h - 1)
         tc = np.clip(target[..., 1], 0, w - 1)
@@ -313,7 +316,9 @@ def parse_map(text: str, name: str = "<string>") -> GridMap:
         cells = [(int(r), int(c)) for r, c in np.argwhere(grid == ch)]
         if len(cells) != 1:
             where = "" if not cells else f" at {cells}"
-            raise MapError(f"map {name!r}: needs exactly one {label} {ch!r}, found {len(cells)}{where}")
+            raise MapError(
+                f"map {name!r}: needs exactly one {label} {ch!r}, found {len(cells)}{where}"
+            )
         found[label] = cells[0]
     return GridMap(obstacles=grid == "#", start=found["start"], goal=found["goal"], name=name)
 
@@ -334,7 +339,7 @@ def load_map(spec: str | Path | GridMap) -> GridMap:
     if isinstance(spec, GridMap):
         return spec
     if isinstance(spec, str) and spec in BUILTIN_MAPS:
-        text = resources.files("otsafe.envs").joinpath("maps", f"{spec}.txt").read_text()
+        text = resources.files("otsafe.envs").joinpath(f"maps/{spec}.txt").read_text()
         return parse_map(text, name=spec)
     if isinstance(spec, str) and ("\n" in spec or (spec and set(spec) <= _MAP_CHARS)):
         return parse_map(spec)

@@ -10,7 +10,7 @@ after ``max_steps`` steps. ``info`` carries ``collision`` (the move hit an obsta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, SupportsFloat
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -60,11 +60,11 @@ class GridWorld(gym.Env[np.int64, np.int64]):
         The deterministic transition table.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 8}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 8}  # noqa: RUF012
 
     def __init__(
         self,
-        map: str | Path | GridMap = "paper",  # noqa: A002 - the natural name for users
+        map: str | Path | GridMap = "paper",
         max_steps: int = 500,
         safety_values: ArrayLike | None = None,
         render_mode: str | None = None,
@@ -105,7 +105,9 @@ class GridWorld(gym.Env[np.int64, np.int64]):
     ) -> tuple[np.int64, SupportsFloat, bool, bool, dict[str, Any]]:
         a = int(action)
         if not 0 <= a < 4:
-            raise ValueError(f"invalid action {action!r}; actions are 0 up, 1 down, 2 right, 3 left")
+            raise ValueError(
+                f"invalid action {action!r}; actions are 0 up, 1 down, 2 right, 3 left"
+            )
         table = self.transitions
         s = self._state
         s2 = int(table.next_state[s, a])
@@ -119,7 +121,7 @@ class GridWorld(gym.Env[np.int64, np.int64]):
         info = {"collision": collision, "cell": (s2 // w, s2 % w), "risky": bool(self.risky[s2])}
         return np.int64(s2), reward, terminated, truncated, info
 
-    def render(self) -> NDArray[np.uint8] | None:  # type: ignore[override]
+    def render(self) -> NDArray[np.uint8] | None:
         if self.render_mode != "rgb_array":
             return None
         return self.draw(agent=self._state)

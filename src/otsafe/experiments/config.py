@@ -21,12 +21,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from otsafe.agents.tabular import OTQLearning
 from otsafe.envs.gridmap import load_map
-from otsafe.errors import ConfigError, OtsafeError
+from otsafe.errors import ConfigError, OtsafeError, SafetyValuesError
 
 __all__ = [
     "AgentConfig",
@@ -36,11 +38,16 @@ __all__ = [
     "apply_overrides",
     "list_presets",
     "load_preset",
+    "load_safety_values",
     "parse_set",
     "resolve_config",
 ]
 
 Method = Literal["q-learning", "ot-q"]
+
+
+def _default_methods() -> list[Method]:
+    return ["q-learning", "ot-q"]
 
 
 class _Strict(BaseModel):
@@ -52,7 +59,7 @@ class ExperimentConfig(_Strict):
 
     name: str = "otq-paper"
     description: str = ""
-    methods: list[Method] = Field(default_factory=lambda: ["q-learning", "ot-q"], min_length=1)
+    methods: list[Method] = Field(default_factory=_default_methods, min_length=1)
     seeds: int = Field(5, ge=1, le=10_000, description="number of seeds: seed_start, +1, ...")
     seed_start: int = Field(0, ge=0)
     episodes: int = Field(500, ge=1, le=10_000_000)
@@ -211,8 +218,8 @@ def resolve_config(
 ) -> OTQConfig:
     """Resolve a configuration from its layers (see the module docstring) and validate it.
 
-    Also checks what the models cannot: that the map exists and parses, and that a safety-values
-    file exists, so a run fails before it creates anything.
+    Also checks what the models cannot: that the map exists and parses and that the safety values
+    (if any) are readable and valid for it, so a run fails before it creates anything.
     """
     data: dict[str, Any] = {}
     if preset is not None:
@@ -224,12 +231,30 @@ def resolve_config(
     data = apply_overrides(data, dict(parse_set(s) for s in sets))
     config = validate_config(data)
     try:
-        load_map(config.env.map)
+        grid = load_map(config.env.map)
     except OtsafeError as exc:
         raise ConfigError(f"env.map: {exc}") from None
-    if config.env.safety_values is not None and not Path(config.env.safety_values).is_file():
-        raise ConfigError(f"env.safety_values: file {config.env.safety_values!r} does not exist")
+    if config.env.safety_values is not None:
+        if not Path(config.env.safety_values).is_file():
+            raise ConfigError(
+                f"env.safety_values: file {config.env.safety_values!r} does not exist"
+            )
+        try:
+            grid.safety_values(load_safety_values(config.env.safety_values))
+        except OtsafeError as exc:
+            raise ConfigError(f"env.safety_values: {exc}") from None
     return config
+
+
+def load_safety_values(path: str | Path | None) -> NDArray[np.float64] | None:
+    """Read a whitespace-separated table of per-cell safety values (``None`` passes through)."""
+    if path is None:
+        return None
+    try:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise SafetyValuesError(f"cannot read safety values from {str(path)!r}: {exc}") from None
+    return np.asarray(values)
 
 
 def validate_config(data: Mapping[str, Any]) -> OTQConfig:
@@ -247,7 +272,8 @@ def _format_validation_error(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         parent_model = _model_at(loc[:-1])
         valid = list(parent_model.model_fields) if parent_model is not None else []
-        hint = _suggest(loc[-1], valid)
+        prefix = "".join(f"{part}." for part in loc[:-1])
+        hint = _suggest(loc[-1], valid, prefix=prefix)
         return f"unknown config key {key!r}{hint}"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"invalid config value for {key!r}: {err['msg']} (got {err.get('input')!r}){more}"
@@ -264,6 +290,6 @@ def _model_at(path: list[str]) -> type[BaseModel] | None:
     return model
 
 
-def _suggest(word: str, options: Iterable[str]) -> str:
+def _suggest(word: str, options: Iterable[str], prefix: str = "") -> str:
     match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    return f" (did you mean {prefix + match[0]!r}?)" if match else ""

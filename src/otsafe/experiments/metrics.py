@@ -31,7 +31,7 @@ METRIC_COLUMNS = (
 
 
 def moving_average(x: ArrayLike, window: int) -> np.ndarray:
-    """Trailing moving average; entry ``t`` averages ``x[t - window + 1 : t + 1]`` (``t >= window-1``)."""
+    """Trailing moving average: entry ``k`` is the mean of ``x[k : k + window]``."""
     arr = np.asarray(x, dtype=np.float64)
     if window < 1:
         raise ConfigError(f"window must be >= 1, got {window}")

@@ -83,7 +83,7 @@ def draw_map(
     if values is not None:
         masked = np.ma.masked_where(grid.obstacles, values)
         im = ax.imshow(masked, cmap=cmap, origin="upper", interpolation="nearest")
-        ax.figure.colorbar(im, ax=ax, shrink=0.8, label=label)  # type: ignore[union-attr]
+        ax.figure.colorbar(im, ax=ax, shrink=0.8, label=label)
     ax.imshow(
         np.ma.masked_where(~grid.obstacles, grid.obstacles),
         cmap=ListedColormap(["#333340"]),
@@ -96,8 +96,15 @@ def draw_map(
         for r in range(h):
             for c in range(w):
                 if not grid.obstacles[r, c] and (r, c) not in (grid.start, grid.goal):
-                    ax.text(c, r, f"{values[r, c]:.1f}", ha="center", va="center", fontsize=5,
-                            color="white")
+                    ax.text(
+                        c,
+                        r,
+                        f"{values[r, c]:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=5,
+                        color="white",
+                    )
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_xticks([])
@@ -119,16 +126,23 @@ def render_map_figure(env: GridWorld, path: Path, title: str | None = None) -> N
 def _plan_figure(env: GridWorld, arrows: NDArray[np.float64], title: str, path: Path) -> None:
     fig = Figure(figsize=(6.5, 6), layout="constrained")
     ax = fig.add_subplot()
-    draw_map(ax, env.grid, env.risk_distribution.reshape(env.grid.shape), cmap="Greens",
-             label="P^s (target)")
+    draw_map(
+        ax,
+        env.grid,
+        env.risk_distribution.reshape(env.grid.shape),
+        cmap="Greens",
+        label="P^s (target)",
+    )
     if arrows.size:
         mass = arrows[:, 4]
         keep = mass >= 0.02 * mass.max()
         top = arrows[keep]
         widths = 0.5 + 3.0 * top[:, 4] / top[:, 4].max()
-        for (r0, c0, r1, c1, _), lw in zip(top, widths):
+        for (r0, c0, r1, c1, _), lw in zip(top, widths, strict=False):
             ax.annotate(
-                "", xy=(c1, r1), xytext=(c0, r0),
+                "",
+                xy=(c1, r1),
+                xytext=(c0, r0),
                 arrowprops={"arrowstyle": "->", "color": "#c0392b", "lw": float(lw), "alpha": 0.7},
             )
     ax.set_title(title, fontsize=9)
@@ -142,12 +156,15 @@ def _beta_sweep_figure(config: OTQConfig, results: Sequence[JobResult], path: Pa
     groups = _grouped(results)
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, what in zip(axes, ("convergence", "collisions")):
+    for ax, what in zip(axes, ("convergence", "collisions"), strict=False):
+
         def value(r: JobResult, what: str = what) -> float:
             if what == "collisions":
                 return float(r.metrics["collisions"].sum())
             return convergence_episode(
-                r.metrics["length"], exp.convergence_window, exp.convergence_tail,
+                r.metrics["length"],
+                exp.convergence_window,
+                exp.convergence_tail,
                 exp.convergence_tolerance,
             )
 
@@ -163,8 +180,9 @@ def _beta_sweep_figure(config: OTQConfig, results: Sequence[JobResult], path: Pa
             means.append(est.mean)
             lows.append(est.mean - est.ci_low if np.isfinite(est.ci_low) else 0.0)
             highs.append(est.ci_high - est.mean if np.isfinite(est.ci_high) else 0.0)
-        ax.errorbar(betas, means, yerr=[lows, highs], fmt="o-", color="#d62728", capsize=3,
-                    label="OT-Q")
+        ax.errorbar(
+            betas, means, yerr=[lows, highs], fmt="o-", color="#d62728", capsize=3, label="OT-Q"
+        )
         ax.set_xscale("log")
         ax.set_xlabel("beta")
         ax.set_ylabel("convergence episode" if what == "convergence" else "collisions per run")

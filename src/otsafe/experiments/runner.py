@@ -33,8 +33,8 @@ from numpy.typing import NDArray
 import otsafe
 from otsafe.agents.tabular import QLearning
 from otsafe.envs.gridworld import GridWorld
-from otsafe.errors import RunDirectoryError, SafetyValuesError
-from otsafe.experiments.config import OTQConfig
+from otsafe.errors import RunDirectoryError
+from otsafe.experiments.config import OTQConfig, load_safety_values
 from otsafe.experiments.metrics import METRIC_COLUMNS, convergence_episode
 from otsafe.experiments.stats import mean_ci, relative_reduction
 
@@ -75,27 +75,13 @@ def make_jobs(config: OTQConfig) -> list[RunJob]:
     """Expand a config into its (method, beta, seed) jobs, in report order."""
     exp = config.experiment
     seeds = range(exp.seed_start, exp.seed_start + exp.seeds)
-    jobs = []
+    jobs: list[RunJob] = []
     for method in exp.methods:
-        if method == "ot-q":
-            betas = exp.beta_sweep or [config.agent.beta]
-        else:
-            betas = [0.0]
+        betas = exp.beta_sweep or [config.agent.beta] if method == "ot-q" else [0.0]
         for beta in betas:
             label = method_label(method, beta, bool(exp.beta_sweep))
             jobs.extend(RunJob(label, float(beta), seed, config) for seed in seeds)
     return jobs
-
-
-def load_safety_values(path: str | None) -> NDArray[np.float64] | None:
-    """Read a whitespace-separated table of per-cell safety values."""
-    if path is None:
-        return None
-    try:
-        values = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise SafetyValuesError(f"cannot read safety values from {path!r}: {exc}") from None
-    return np.asarray(values)
 
 
 def make_env(config: OTQConfig) -> GridWorld:
@@ -106,7 +92,7 @@ def make_env(config: OTQConfig) -> GridWorld:
     )
 
 
-def run_job(job: RunJob, progress: Callable[[int], None] | None = None) -> JobResult:
+def run_job(job: RunJob, progress: Callable[[int], object] | None = None) -> JobResult:
     """Train one agent and collect its per-episode metrics."""
     cfg = job.config
     env = make_env(cfg)
@@ -137,9 +123,7 @@ def run_job(job: RunJob, progress: Callable[[int], None] | None = None) -> JobRe
         cells = env.grid.coordinates[np.flatnonzero(env.grid.reachable.ravel())]
         i, j = np.nonzero(dense > 0)
         moving = i != j
-        arrows = np.column_stack(
-            [cells[i[moving]], cells[j[moving]], dense[i[moving], j[moving]]]
-        )
+        arrows = np.column_stack([cells[i[moving]], cells[j[moving]], dense[i[moving], j[moving]]])
     return JobResult(
         job=job,
         metrics=arrays,
@@ -161,7 +145,7 @@ def default_workers() -> int:
 
 
 def execute_jobs(
-    jobs: list[RunJob], workers: int, progress: Callable[[int], None] | None = None
+    jobs: list[RunJob], workers: int, progress: Callable[[int], object] | None = None
 ) -> list[JobResult]:
     """Run jobs sequentially (``workers == 1``) or in a process pool; results in job order."""
     if workers <= 1 or len(jobs) <= 1:
@@ -227,9 +211,7 @@ def summarise(config: OTQConfig, results: list[JobResult]) -> dict[str, Any]:
             "final_length": mean_ci(final("length")).as_dict(),
             "final_w2": mean_ci(final("w2")).as_dict(),
             "final_success_rate": mean_ci(final("success")).as_dict(),
-            "mean_env_return": mean_ci(
-                [r.metrics["env_return"].mean() for r in runs]
-            ).as_dict(),
+            "mean_env_return": mean_ci([r.metrics["env_return"].mean() for r in runs]).as_dict(),
             "train_seconds_per_seed": mean_ci([r.seconds for r in runs]).as_dict(),
         }
     comparisons: dict[str, Any] = {}
@@ -263,7 +245,7 @@ def _write_metrics_csv(path: Path, results: list[JobResult]) -> None:
             cols = [m[key] for key in METRIC_COLUMNS]
             for k, ep in enumerate(m["episode"]):
                 row: list[Any] = [res.job.method, f"{res.job.beta:g}", res.job.seed, int(ep)]
-                for key, col in zip(METRIC_COLUMNS, cols):
+                for key, col in zip(METRIC_COLUMNS, cols, strict=False):
                     v = col[k]
                     if key in ("length", "collisions", "risky_visits", "success"):
                         row.append(int(v))
@@ -272,9 +254,49 @@ def _write_metrics_csv(path: Path, results: list[JobResult]) -> None:
                 writer.writerow(row)
 
 
-def prepare_run_dir(out: Path, overwrite: bool) -> Path:
-    """Check the output directory and return a fresh staging directory beside it."""
-    out = Path(out)
+@dataclass
+class RunDirectory:
+    """Where a run is staged and where it lands.
+
+    Files are written into a hidden staging directory beside ``out``; :meth:`finalise` moves them
+    into ``out`` (``summary.json`` last) and :meth:`abandon` removes everything this run created.
+    """
+
+    out: Path
+    staging: Path
+    created_parents: list[Path]
+
+    def finalise(self) -> None:
+        """Move the complete staging directory into place (replacing old contents)."""
+        out = self.out
+        if not out.exists():
+            self.staging.rename(out)
+            return
+        # ``out`` exists (empty, or replaced with --overwrite). Move entries rather than the
+        # directory itself, which may be the working directory.
+        trash = self.staging.parent / f".{out.name}.old-{os.getpid()}"
+        trash.mkdir()
+        for entry in list(out.iterdir()):
+            entry.rename(trash / entry.name)
+        entries = sorted(self.staging.iterdir(), key=lambda p: p.name == "summary.json")
+        for entry in entries:
+            entry.rename(out / entry.name)
+        self.staging.rmdir()
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """Remove the staging directory and any parent directories created for this run."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        for parent in self.created_parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool) -> RunDirectory:
+    """Check the output directory and create a fresh staging directory beside it."""
+    out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -282,28 +304,20 @@ def prepare_run_dir(out: Path, overwrite: bool) -> Path:
             f"run directory {str(out)!r} already exists and is not empty; "
             "choose another --out or pass --overwrite"
         )
-    parent = out.resolve().parent
+    created: list[Path] = []
+    parent = out.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunDirectoryError(f"cannot create {str(parent)!r}: {exc}") from None
-    staging = parent / f".{out.name}.partial-{os.getpid()}"
+        raise RunDirectoryError(f"cannot create {str(out.parent)!r}: {exc}") from None
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    return staging
-
-
-def finalise_run_dir(staging: Path, out: Path) -> None:
-    """Move a complete staging directory into place (replacing ``out`` if it exists)."""
-    out = Path(out)
-    if out.exists():
-        trash = out.resolve().parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(trash)
-        staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(out)
+    return RunDirectory(out=out, staging=staging, created_parents=created)
 
 
 def run_experiment(
@@ -320,8 +334,8 @@ def run_experiment(
     """
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    staging = prepare_run_dir(out, overwrite)
+    run_dir = prepare_run_dir(out, overwrite)
+    staging = run_dir.staging
     try:
         jobs = make_jobs(config)
         workers = config.experiment.workers or default_workers()
@@ -329,7 +343,10 @@ def run_experiment(
         total = len(jobs) * config.experiment.episodes
         started = time.perf_counter()
         with tqdm(
-            total=total, desc=config.experiment.name, unit="ep", disable=not progress,
+            total=total,
+            desc=config.experiment.name,
+            unit="ep",
+            disable=not progress,
             dynamic_ncols=True,
         ) as bar:
             results = execute_jobs(jobs, workers, bar.update)
@@ -356,8 +373,8 @@ def run_experiment(
             write_figures(staging / "figures", config, results, make_env(config))
         # summary.json last: its presence marks a complete run.
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        finalise_run_dir(staging, out)
+        run_dir.finalise()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        run_dir.abandon()
         raise
     return summary

@@ -29,7 +29,10 @@ class Estimate:
     n: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def mean_ci(x: ArrayLike, confidence: float = 0.95) -> Estimate:

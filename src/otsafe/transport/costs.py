@@ -48,8 +48,8 @@ def sqeuclidean_cost(x: ArrayLike, y: ArrayLike | None = None) -> NDArray[np.flo
     -------
     ndarray, shape (n, m)
     """
-    xa = np.atleast_2d(np.asarray(x, dtype=np.float64))
-    ya = xa if y is None else np.atleast_2d(np.asarray(y, dtype=np.float64))
+    xa = np.asarray(x, dtype=np.float64)
+    ya = xa if y is None else np.asarray(y, dtype=np.float64)
     if xa.ndim != 2 or ya.ndim != 2 or xa.shape[1] != ya.shape[1]:
         raise DistributionError(
             f"point sets must be (n, d) and (m, d) arrays, got {xa.shape} and {ya.shape}"

@@ -8,7 +8,8 @@ Given histograms :math:`a \in \mathbb{R}^n_+`, :math:`b \in \mathbb{R}^m_+` of e
     T^* \in \arg\min_{T \ge 0} \langle T, C \rangle
     \quad\text{s.t.}\quad T \mathbf 1 = a,\; T^\top \mathbf 1 = b,
 
-and for :math:`C = d^p` the Wasserstein distance is :math:`W_p = \langle T^*, C\rangle^{1/p}` (Eq. 4).
+and for :math:`C = d^p` the Wasserstein distance is
+:math:`W_p = \langle T^*, C\rangle^{1/p}` (Eq. 4).
 
 :func:`ot_plan` and :func:`wasserstein` solve one problem with POT's network simplex
 (``ot.emd``, Bonneel et al. 2011); :class:`ExactOT` re-solves problems on a fixed cost matrix and
@@ -19,6 +20,7 @@ Euclidean cost, :class:`otsafe.transport.GridExactOT` is exact too and several t
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import ot
 import scipy.sparse as sp
@@ -51,7 +53,9 @@ def check_marginals(
     for name, x in (("a", a), ("b", b)):
         arr = np.array(x, dtype=np.float64)
         if arr.ndim != 1 or arr.size == 0:
-            raise DistributionError(f"{name} must be a non-empty 1-D histogram, got shape {arr.shape}")
+            raise DistributionError(
+                f"{name} must be a non-empty 1-D histogram, got shape {arr.shape}"
+            )
         if not np.all(np.isfinite(arr)):
             raise DistributionError(f"{name} has NaN or infinite entries")
         if np.any(arr < 0):

@@ -8,7 +8,8 @@ and OT-Q solves one problem per episode). The squared Euclidean cost is *separab
 
 so a transport from :math:`x` to :math:`y` can be routed through the intermediate grid point
 :math:`(x_1, y_2)`: first along the row of :math:`x` (cost :math:`(x_2 - y_2)^2`), then along the
-column of :math:`y` (cost :math:`(x_1 - y_1)^2`). The two legs cost exactly :math:`c(x, y)`, and every
+column of :math:`y` (cost :math:`(x_1 - y_1)^2`). The two legs cost exactly :math:`c(x, y)`, and
+every
 flow through the three layers (sources -> intermediate points -> targets) decomposes into such
 paths, so the minimum-cost flow on this tripartite network has exactly the optimal transport cost
 (Auricchio, Bassetti, Gualandi & Veneroni, *Computing Kantorovich-Wasserstein distances on
@@ -18,7 +19,8 @@ d-dimensional histograms using (d+1)-partite graphs*, NeurIPS 2018). The network
 The min-cost flow is solved by POT's network simplex (LEMON) in its sparse mode. POT exposes only
 bipartite transportation problems, so each intermediate node :math:`k` becomes a sink
 :math:`k_{in}` and a source :math:`k_{out}`, both of mass :math:`M` (the total mass), joined by a
-zero-cost arc; :math:`k_{in}` then receives :math:`M - t_k` from :math:`k_{out}` and :math:`t_k` from
+zero-cost arc; :math:`k_{in}` then receives :math:`M - t_k` from :math:`k_{out}` and :math:`t_k`
+from
 the sources, which forces conservation of the throughput :math:`t_k` (a standard reduction).
 
 **The plan.** A flow determines the optimal cost but not a unique plan. otsafe decomposes the flow
@@ -61,10 +63,9 @@ class GridPlan:
     """
 
     row_flow: NDArray[np.float64]  # (n, n_cols): source i -> intermediate (row of i, column c)
-    col_flow: NDArray[np.float64]  # (n_rows, n_cols, n_trows): intermediate -> target row
+    col_flow: NDArray[np.float64]  # (n_rows, m): intermediate (r, column of j) -> target j
     src_row: NDArray[np.int64]  # row index (into the intermediate rows) of each source
-    tgt_col: NDArray[np.int64]  # column index of each target
-    tgt_row: NDArray[np.int64]  # row index (into the target rows) of each target
+    tgt_col: NDArray[np.int64]  # column index (into the intermediate columns) of each target
     cost: float
     shape: tuple[int, int]
 
@@ -74,7 +75,7 @@ class GridPlan:
         jj = np.asarray(j, dtype=np.int64)
         r, c = self.src_row[ii], self.tgt_col[jj]
         through = self.row_flow[ii, c]
-        out = self.col_flow[r, c, self.tgt_row[jj]]
+        out = self.col_flow[r, jj]
         total = self._throughput[r, c]
         safe = np.where(total > 0, total, 1.0)
         return np.asarray(np.where(total > 0, through * out / safe, 0.0), dtype=np.float64)
@@ -93,8 +94,11 @@ class GridPlan:
     @property
     def _throughput(self) -> NDArray[np.float64]:
         cached = self.__dict__.get("_t")
-        if cached is None:
-            cached = self.col_flow.sum(axis=2)
+        if cached is None:  # t_k: total flow through intermediate k = (r, c)
+            n_rows, n_cols = self.col_flow.shape[0], self.row_flow.shape[1]
+            flat = (np.arange(n_rows)[:, None] * n_cols + self.tgt_col[None, :]).ravel()
+            cached = np.bincount(flat, self.col_flow.ravel(), n_rows * n_cols)
+            cached = cached.reshape(n_rows, n_cols)
             object.__setattr__(self, "_t", cached)
         return np.asarray(cached)
 
@@ -135,11 +139,9 @@ class GridExactOT:
         self.n, self.m = xs.shape[0], ys.shape[0]
         rows, src_row = np.unique(xs[:, 0], return_inverse=True)  # intermediate rows
         cols, tgt_col = np.unique(ys[:, 1], return_inverse=True)  # intermediate columns
-        trows, tgt_row = np.unique(ys[:, 0], return_inverse=True)
         self._src_row = src_row.astype(np.int64)
         self._tgt_col = tgt_col.astype(np.int64)
-        self._tgt_row = tgt_row.astype(np.int64)
-        self._shape3 = (rows.size, cols.size, trows.size)
+        self._n_rows, self._n_cols = rows.size, cols.size
         n_mid = rows.size * cols.size
         self.n_intermediate = n_mid
         # Arcs of the bipartite reduction. Sources: [x_0..x_{n-1}, out_0..out_{K-1}];
@@ -177,8 +179,7 @@ class GridExactOT:
         a_arr, b_arr, _ = check_marginals(a, b)
         if (a_arr.size, b_arr.size) != self.shape:
             raise DistributionError(
-                f"a and b have sizes ({a_arr.size}, {b_arr.size}); the grid points are "
-                f"{self.shape}"
+                f"a and b have sizes ({a_arr.size}, {b_arr.size}); the grid points are {self.shape}"
             )
         mass = float(a_arr.sum())
         b_arr = b_arr * (mass / b_arr.sum())
@@ -186,28 +187,30 @@ class GridExactOT:
         supply = np.concatenate([a_arr, np.full(n_mid, mass)])
         demand = np.concatenate([np.full(n_mid, mass), b_arr])
         flow, log = ot.emd(
-            supply, demand, self._arc_cost, numItermax=_NUM_ITER_MAX, log=True,
+            supply,
+            demand,
+            self._arc_cost,
+            numItermax=_NUM_ITER_MAX,
+            log=True,
             check_marginals=False,
         )
         _check_result(log)
         flow = sp.coo_array(flow)
         src, dst, val = flow.row, flow.col, flow.data
-        n_cols = self._shape3[1]
+        n_cols = self._n_cols
         # Row legs: x_i -> in_(row(i), c).
         leg = (src < self.n) & (dst < n_mid)
         row_flow = np.zeros((self.n, n_cols))
         row_flow[src[leg], dst[leg] % n_cols] = val[leg]
-        # Column legs: out_k -> y_j, k = (r, c).
+        # Column legs: out_(r, c) -> y_j (c is the column of y_j).
         leg = (src >= self.n) & (dst >= n_mid)
-        r, c = np.divmod(src[leg] - self.n, n_cols)
-        col_flow = np.zeros(self._shape3)
-        col_flow[r, c, self._tgt_row[dst[leg] - n_mid]] = val[leg]
+        col_flow = np.zeros((self._n_rows, self.m))
+        col_flow[(src[leg] - self.n) // n_cols, dst[leg] - n_mid] = val[leg]
         return GridPlan(
             row_flow=np.clip(row_flow, 0.0, None),
             col_flow=np.clip(col_flow, 0.0, None),
             src_row=self._src_row,
             tgt_col=self._tgt_col,
-            tgt_row=self._tgt_row,
             cost=float(log["cost"]),
             shape=self.shape,
         )
