@@ -72,6 +72,7 @@ class ExperimentConfig(_Strict):
     convergence_tail: int = Field(50, ge=1)
     convergence_tolerance: float = Field(0.1, gt=0)
     final_episodes: int = Field(50, ge=1, description="episodes averaged for 'final' metrics")
+    early_episodes: int = Field(100, ge=1, description="episodes averaged for 'early' metrics")
 
     @field_validator("beta_sweep")
     @classmethod

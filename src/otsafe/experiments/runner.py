@@ -168,7 +168,12 @@ def execute_jobs(
 
 # ------------------------------------------------------------------------------ summary
 def summarise(config: OTQConfig, results: list[JobResult]) -> dict[str, Any]:
-    """Per-method statistics over seeds and the comparison with Q-learning."""
+    """Per-method statistics over seeds and the comparison with Q-learning.
+
+    ``early_*`` average the first ``experiment.early_episodes`` episodes, ``final_*`` the last
+    ``experiment.final_episodes``; ``*_total`` sum over the run. Intervals are Student-t 95% over
+    seeds.
+    """
     exp = config.experiment
     by_method: dict[str, list[JobResult]] = {}
     for res in results:
@@ -177,6 +182,7 @@ def summarise(config: OTQConfig, results: list[JobResult]) -> dict[str, Any]:
     collisions: dict[str, NDArray[np.float64]] = {}
     convergence: dict[str, NDArray[np.float64]] = {}
     k_final = min(exp.final_episodes, exp.episodes)
+    k_early = min(exp.early_episodes, exp.episodes)
     for name, runs in by_method.items():
         conv = np.array(
             [
@@ -196,6 +202,9 @@ def summarise(config: OTQConfig, results: list[JobResult]) -> dict[str, Any]:
         def final(key: str, runs: list[JobResult] = runs) -> NDArray[np.float64]:
             return np.array([r.metrics[key][-k_final:].mean() for r in runs], dtype=np.float64)
 
+        def early(key: str, runs: list[JobResult] = runs) -> NDArray[np.float64]:
+            return np.array([r.metrics[key][:k_early].mean() for r in runs], dtype=np.float64)
+
         methods[name] = {
             "beta": runs[0].job.beta,
             "seeds": [r.job.seed for r in runs],
@@ -206,6 +215,8 @@ def summarise(config: OTQConfig, results: list[JobResult]) -> dict[str, Any]:
             },
             "collisions_total": {**mean_ci(coll).as_dict(), "per_seed": coll.tolist()},
             "risky_visits_total": {**mean_ci(risky).as_dict(), "per_seed": risky.tolist()},
+            "early_length": mean_ci(early("length")).as_dict(),
+            "early_collisions": mean_ci(early("collisions")).as_dict(),
             "final_env_return": mean_ci(final("env_return")).as_dict(),
             "final_shaped_return": mean_ci(final("shaped_return")).as_dict(),
             "final_length": mean_ci(final("length")).as_dict(),
