@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -133,8 +134,24 @@ def run_job(job: RunJob, progress: Callable[[int], object] | None = None) -> Job
     )
 
 
-def _job_in_subprocess(job: RunJob) -> JobResult:
-    return run_job(job)
+_PROGRESS_EVERY = 10  # episodes between progress messages from a worker process
+
+
+def _job_in_subprocess(job: RunJob, ticks: Any) -> JobResult:
+    """Run a job in a worker process, reporting progress on the ``ticks`` queue."""
+    done = 0
+
+    def report(n: int) -> None:
+        nonlocal done
+        done += n
+        if done >= _PROGRESS_EVERY:
+            ticks.put(done)
+            done = 0
+
+    result = run_job(job, report)
+    if done:
+        ticks.put(done)
+    return result
 
 
 def default_workers() -> int:
@@ -151,18 +168,22 @@ def execute_jobs(
     if workers <= 1 or len(jobs) <= 1:
         return [run_job(job, progress) for job in jobs]
     results: dict[int, JobResult] = {}
-    episodes = jobs[0].config.experiment.episodes
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    with (
+        multiprocessing.Manager() as manager,
+        ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool,
+    ):
+        ticks = manager.Queue()
         pending: dict[Future[JobResult], int] = {
-            pool.submit(_job_in_subprocess, job): k for k, job in enumerate(jobs)
+            pool.submit(_job_in_subprocess, job, ticks): k for k, job in enumerate(jobs)
         }
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for fut in done:
-                k = pending.pop(fut)
-                results[k] = fut.result()
+                results[pending.pop(fut)] = fut.result()
+            while not ticks.empty():
+                n = ticks.get()
                 if progress is not None:
-                    progress(episodes)
+                    progress(n)
     return [results[k] for k in range(len(jobs))]
 
 
