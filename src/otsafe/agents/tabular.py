@@ -177,17 +177,19 @@ class QLearning:
         self._chain = ChainModel.from_grid(grid)
         self._p_s = env.risk_distribution
         cells = grid.coordinates[self._support]
-        self._cost = sqeuclidean_cost(cells)
         self._ot: GridExactOT | ExactOT = (
-            GridExactOT(cells) if ot_method == "tripartite" else ExactOT(self._cost)
+            GridExactOT(cells) if ot_method == "tripartite" else ExactOT(sqeuclidean_cost(cells))
         )
-        # (s, a) pairs whose move changes cell, in support positions, for the bonus lookup.
+        # (s, a) pairs whose move changes cell, in support positions, and c(s, s') of each move,
+        # for the bonus lookup (the dense n x n cost is never needed).
         pos = np.full(n, -1, dtype=np.int64)
         pos[self._support] = np.arange(self._support.size)
         s_idx, a_idx = np.nonzero(
             (table.next_state != np.arange(n)[:, None]) & grid.reachable.ravel()[:, None]
         )
-        self._moves = (s_idx, a_idx, pos[s_idx], pos[table.next_state[s_idx, a_idx]])
+        s2_idx = table.next_state[s_idx, a_idx]
+        self._moves = (s_idx, a_idx, pos[s_idx], pos[s2_idx])
+        self._move_cost = np.sum((grid.coordinates[s_idx] - grid.coordinates[s2_idx]) ** 2, axis=1)
         self._visit_counts = np.zeros(n)
         self.last_plan: GridPlan | OTSolution | None = None
         self.last_state_distribution: NDArray[np.float64] | None = None
@@ -305,7 +307,7 @@ class QLearning:
         self.last_state_distribution = p_pi
         if self.beta > 0:
             s_idx, a_idx, i, j = self._moves
-            c = plan.at(i, j) * self._cost[i, j]  # C(s, s') = T*(s, s') c(s, s')
+            c = plan.at(i, j) * self._move_cost  # C(s, s') = T*(s, s') c(s, s')
             bonus = np.zeros((self.env.grid.n_cells, 4))
             bonus[s_idx, a_idx] = self.beta * c
             self._bonus = bonus.tolist()
