@@ -3,6 +3,10 @@
 
 PYTHON ?= python3
 VENV ?= .venv
+# PyTorch is installed first and pinned: on the project's machines torch==2.13.0 is a CPU build on
+# local disk, while an unpinned `torch` would pull a multi-GB CUDA build. Override for a GPU build,
+# e.g. `make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 OUT ?= runs/otq-paper
 
@@ -11,6 +15,7 @@ OUT ?= runs/otq-paper
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import ot
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
 from otsafe.errors import DistributionError
+from otsafe.transport._pot import ot
 
 __all__ = [
     "ExactOT",

@@ -40,11 +40,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import ot
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
 from otsafe.errors import DistributionError
+from otsafe.transport._pot import ot
 from otsafe.transport.exact import _NUM_ITER_MAX, _check_result, check_marginals
 
 __all__ = ["GridExactOT", "GridPlan"]
