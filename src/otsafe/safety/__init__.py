@@ -5,6 +5,39 @@ Importing this package imports PyTorch; the tabular OT-Q code never does.
 
 from __future__ import annotations
 
+from otsafe.safety.barriers import (
+    Barrier,
+    BoxObstacleBarrier,
+    CircleBarrier,
+    FunctionBarrier,
+    HalfSpaceBarrier,
+    SphereBarrier,
+    box_barriers,
+)
+from otsafe.safety.cbf import cbf_margin, cbf_rows
+from otsafe.safety.filter import FilterInfo, SafetyAwareEnv, SafetyFilter, SafetyFilterWrapper
+from otsafe.safety.models import ControlAffineModel, DoubleIntegrator, SingleIntegrator
 from otsafe.safety.qp import QPError, QPInfo, QPStatus, solve_qp
 
-__all__ = ["QPError", "QPInfo", "QPStatus", "solve_qp"]
+__all__ = [
+    "Barrier",
+    "BoxObstacleBarrier",
+    "CircleBarrier",
+    "ControlAffineModel",
+    "DoubleIntegrator",
+    "FilterInfo",
+    "FunctionBarrier",
+    "HalfSpaceBarrier",
+    "QPError",
+    "QPInfo",
+    "QPStatus",
+    "SafetyAwareEnv",
+    "SafetyFilter",
+    "SafetyFilterWrapper",
+    "SingleIntegrator",
+    "SphereBarrier",
+    "box_barriers",
+    "cbf_margin",
+    "cbf_rows",
+    "solve_qp",
+]
