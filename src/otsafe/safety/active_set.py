@@ -58,7 +58,7 @@ class StackedQP:
     """A batch of QPs  min 1/2 z'Hz + q'z  s.t.  A z <= b  (H diagonal or dense, SPD)."""
 
     h_diag: Tensor | None  # (B, N) when H is diagonal
-    h_full: Tensor | None  # (B, N, N) otherwise
+    h_full: Tensor | None  # (B, N, N) when H is dense; both None: H = I
     q: Tensor  # (B, N)
     a: Tensor  # (B, M, N)
     b: Tensor  # (B, M); +inf for absent bounds
@@ -69,7 +69,9 @@ class StackedQP:
 
 
 def h_inv_apply(h_diag: Tensor | None, h_full: Tensor | None, x: Tensor) -> Tensor:
-    """:math:`H^{-1} x` for a diagonal (``h_diag``) or dense (``h_full``) SPD :math:`H`."""
+    """:math:`H^{-1} x` for a diagonal (``h_diag``), dense (``h_full``) or identity :math:`H`."""
+    if h_diag is None and h_full is None:
+        return x
     if h_diag is not None:
         return x / (h_diag if x.dim() == 2 else h_diag.unsqueeze(-1))
     assert h_full is not None
@@ -91,7 +93,7 @@ class Gram:
     eps: float  # relative precision used for the tolerances
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def gram(prob: StackedQP) -> Gram:
     """Precompute :math:`z_0`, :math:`A H^{-1}`, :math:`P` and the violations."""
     z0 = prob.h_inv(-prob.q)
@@ -178,7 +180,7 @@ def _all_candidates(n_rows: int, n_vars: int, device: torch.device) -> Tensor:
     return _CANDIDATES[key]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def enumerate_active_set(g: Gram, n_vars: int, chunk_elements: int = 1 << 23) -> Tensor:
     """Optimal active set by evaluating every candidate with ``|S| <= n_vars <= 3``.
 
@@ -213,53 +215,62 @@ def enumerate_active_set(g: Gram, n_vars: int, chunk_elements: int = 1 << 23) ->
     dev = g.v.device
     lam_tol = 1e-9 if g.v.dtype == torch.float64 else 1e-4
     det_tol = 1e-12 if g.v.dtype == torch.float64 else 1e-6
-    v = torch.where(g.present, g.v, torch.zeros_like(g.v))
-    absent = ~g.present
+    all_present = bool(g.present.all())
+    v = g.v if all_present else torch.where(g.present, g.v, torch.zeros_like(g.v))
     diag = g.p.diagonal(dim1=1, dim2=2)  # (B, M)
+    p_max = diag.amax(-1, keepdim=True).unsqueeze(1)  # (B, 1, 1)
+    tol0 = g.tol.unsqueeze(1)
 
-    # Every candidate, smallest active sets first: multipliers (B, C, n_vars) padded with 0,
-    # residuals A z_S - b (B, C, M), and whether the candidate is a regular set of present rows.
-    lams = [torch.zeros(batch, 1, n_vars, dtype=v.dtype, device=dev)]
-    resids = [v.unsqueeze(1)]
-    regulars = [torch.ones(batch, 1, dtype=torch.bool, device=dev)]
+    def kkt(lam_abs: Tensor, lam_min: Tensor, resid: Tensor, regular: Tensor) -> Tensor:
+        """Which candidates are KKT points: regular, lam >= 0 and A z_S <= b (with rounding).
+
+        ``lam_abs``/``lam_min`` are the largest |lambda| and the smallest lambda of each
+        candidate; rounding in v - P_S lam grows with |P_S| |lam|, so the tolerance does too.
+        """
+        if not all_present:
+            resid = resid.masked_fill(~g.present.unsqueeze(1), -math.inf)
+        tol = tol0 + (g.eps * n_vars) * (lam_abs.unsqueeze(-1) * p_max)
+        return regular & (lam_min >= -lam_tol * (1.0 + lam_abs)) & (resid <= tol).all(-1)
+
+    # The candidates in order of size (the order of _all_candidates); the first KKT one wins.
+    oks = [(g.v.masked_fill(~g.present, -math.inf) <= g.tol).all(-1, keepdim=True)]
     for size in range(1, min(n_vars, n_rows) + 1):
         cand = _candidates(n_rows, size, dev)  # (C, size)
         if size == 1:  # lam_i = v_i / P_ii;  residual v - lam_i P_i:
-            lam = v.unsqueeze(-1) / torch.where(diag > 0, diag, 1.0).unsqueeze(-1)
-            resid = v.unsqueeze(1) - lam * g.p
-            regular = diag > 1e-14 * (1.0 + diag.amax(-1, keepdim=True))
+            regular = diag > 1e-14 * (1.0 + p_max[:, 0])
+            lam = v / torch.where(regular, diag, 1.0)
+            resid = v.unsqueeze(1) - lam.unsqueeze(-1) * g.p
+            lam_abs, lam_min = lam.abs(), lam
         elif size == 2:  # closed-form 2x2 solve on pairs (i, j)
             i, j = cand[:, 0], cand[:, 1]
+            rows_i, rows_j = g.p[:, i, :], g.p[:, j, :]  # (B, C, M)
             pii, pjj, pij = diag[:, i], diag[:, j], g.p[:, i, j]
             det = pii * pjj - pij * pij
             regular = det > det_tol * pii * pjj
             safe = torch.where(regular, det, 1.0)
             vi, vj = v[:, i], v[:, j]
-            lam = torch.stack([(pjj * vi - pij * vj) / safe, (pii * vj - pij * vi) / safe], -1)
-            resid = v.unsqueeze(1) - lam[..., :1] * g.p[:, i, :] - lam[..., 1:] * g.p[:, j, :]
+            lam_i = (pjj * vi - pij * vj) / safe
+            lam_j = (pii * vj - pij * vi) / safe
+            resid = v.unsqueeze(1) - lam_i.unsqueeze(-1) * rows_i - lam_j.unsqueeze(-1) * rows_j
+            lam_abs = torch.maximum(lam_i.abs(), lam_j.abs())
+            lam_min = torch.minimum(lam_i, lam_j)
         else:  # |S| = 3, closed-form 3x3 inverse
             k_mat = g.p[:, cand[:, :, None], cand[:, None, :]]  # (B, C, 3, 3)
             inv, det = small_inverse_det(k_mat)
             regular = det > det_tol * k_mat.diagonal(dim1=-2, dim2=-1).prod(-1)
             lam = (inv @ v[:, cand].unsqueeze(-1)).squeeze(-1)
             resid = v.unsqueeze(1) - (lam.unsqueeze(-1) * g.p[:, cand, :]).sum(-2)
-        lams.append(torch.nn.functional.pad(lam, (0, n_vars - size)))
-        resids.append(resid)
-        regulars.append(regular & g.present[:, cand].all(-1))
-    cand_all = _all_candidates(n_rows, n_vars, dev)  # (C, n_vars), same order
-    lam = torch.cat(lams, 1)
-    resid = torch.cat(resids, 1).masked_fill(absent.unsqueeze(1), -math.inf)
-    # rounding in v - P_S lam grows with |P_S| |lam|: widen the tolerance accordingly
-    big = lam.abs().amax(-1, keepdim=True) * diag.amax(-1, keepdim=True).unsqueeze(1)
-    lam_ok = (lam >= -lam_tol * (1.0 + lam.abs().amax(-1, keepdim=True))).all(-1)
-    tol = g.tol.unsqueeze(1) + g.eps * n_vars * big
-    ok = torch.cat(regulars, 1) & lam_ok & (resid <= tol).all(-1)
-    slots = cand_all[ok.to(torch.int8).argmax(-1)]  # the first KKT candidate of each row
+            lam_abs, lam_min = lam.abs().amax(-1), lam.amin(-1)
+        if not all_present:
+            regular = regular & g.present[:, cand].all(-1)
+        oks.append(kkt(lam_abs, lam_min, resid, regular))
+    ok = torch.cat(oks, 1)
+    slots = _all_candidates(n_rows, n_vars, dev)[ok.to(torch.int8).argmax(-1)]
     return torch.where(ok.any(-1, keepdim=True), slots, torch.full_like(slots, INFEASIBLE_SLOT))
 
 
 # ---------------------------------------------------------------------------- Goldfarb-Idnani
-@torch.no_grad()
+@torch.inference_mode()
 def goldfarb_idnani_active_set(
     g: Gram, n_vars: int, max_iter: int | None = None
 ) -> tuple[Tensor, Tensor, int]:

@@ -25,8 +25,9 @@ without gradients by one of two exact methods:
   the equality-constrained minimiser
   :math:`\lambda_S = K_S^{-1}(A_S H^{-1}(-q) - b_S)`, :math:`z_S = H^{-1}(-q - A_S^\top\lambda_S)`
   with :math:`K_S = A_S H^{-1} A_S^\top`. All of them are solved in one batched call, and the
-  optimum is the primal-feasible candidate with :math:`\lambda_S \ge 0` (KKT). Used when the
-  number of candidates is at most 128, which covers n = 2 with up to 10 rows including bounds.
+  optimum is the primal-feasible candidate with :math:`\lambda_S \ge 0` (KKT). Used for at most
+  3 variables (n + slack) when (number of candidates) x (number of rows) <= 300, e.g. n = 2 with
+  up to 8 rows including bounds; the work grows like :math:`M^{n+1}`.
 * ``active-set``: the dual active-set method of Goldfarb and Idnani (1983), batched with masks.
   It starts from the unconstrained minimiser, adds the most violated constraint, and drops
   constraints whose multiplier would turn negative. It terminates in finitely many steps, keeps
@@ -74,7 +75,7 @@ __all__ = ["QPError", "QPInfo", "QPStatus", "solve_qp"]
 Backend = Literal["native", "cvxpylayers"]
 Method = Literal["auto", "enumerate", "active-set"]
 
-_MAX_CANDIDATES = 256
+_MAX_ENUMERATION_WORK = 300
 ELASTIC_PENALTY = 1e6
 
 
@@ -156,8 +157,8 @@ def solve_qp(
     return_info : bool
         Also return a :class:`QPInfo`.
     method : {"auto", "enumerate", "active-set"}
-        Exact method used to find the active set; ``auto`` enumerates when there are at most 128
-        candidate active sets.
+        Exact method used to find the active set; ``auto`` enumerates small problems (see the
+        module docstring) and uses the active-set method otherwise.
 
     Returns
     -------
@@ -247,9 +248,11 @@ def _validate(
     m = G.shape[1]
     if h.shape != (batch, m):
         raise QPError(f"h must have shape ({batch}, {m}) or ({m},), got {tuple(h.shape)}")
-    for name, x in (("u_ref", u_ref), ("G", G), ("h", h)):
-        if not bool(torch.isfinite(x).all()):
-            raise QPError(f"{name} has NaN or infinite entries")
+    finite = torch.isfinite(u_ref).all() & torch.isfinite(G).all() & torch.isfinite(h).all()
+    if not bool(finite):
+        for name, x in (("u_ref", u_ref), ("G", G), ("h", h)):
+            if not bool(torch.isfinite(x).all()):
+                raise QPError(f"{name} has NaN or infinite entries")
 
     bounds: list[Tensor | None] = []
     for name, raw in (("lb", lb), ("ub", ub)):
@@ -378,6 +381,8 @@ def _build(
             bottom = torch.cat([torch.zeros(batch, 1, n, dtype=dt, device=dev), pen], 2)
             h_full = torch.cat([top, bottom], 1)
         return StackedQP(None, h_full, q, a, b), layout
+    if weight is None and not has_slack:
+        return StackedQP(None, None, q, a, b), layout  # H = I
     h_diag = weight if weight is not None else torch.ones(batch, n, dtype=dt, device=dev)
     if has_slack:
         pen = torch.full((batch, 1), float(slack_penalty or 0.0), dtype=dt, device=dev)
@@ -404,7 +409,7 @@ def _solve_native(
     n_rows, n_z = prob.a.shape[1], prob.a.shape[2]
 
     # 1) the active set, without gradients
-    with torch.no_grad():
+    with torch.inference_mode():
         detached = StackedQP(
             None if prob.h_diag is None else prob.h_diag.detach(),
             None if prob.h_full is None else prob.h_full.detach(),
@@ -414,7 +419,9 @@ def _solve_native(
         )
         g = gram(detached)
     if method == "auto":
-        small = n_z <= 3 and n_candidates(n_rows, n_z) <= _MAX_CANDIDATES
+        # Enumeration costs ~C*M per row (C candidate sets), the active-set method ~M^2 per
+        # iteration; measured crossover (benchmarks/bench_qp.py): C*M around 300.
+        small = n_z <= 3 and n_candidates(n_rows, n_z) * max(n_rows, 1) <= _MAX_ENUMERATION_WORK
         method = "enumerate" if small else "active-set"
     iterations = 0
     status = torch.full((batch,), int(QPStatus.OPTIMAL), dtype=torch.long, device=dev)
@@ -427,6 +434,7 @@ def _solve_native(
     else:
         slots, converged, iterations = goldfarb_idnani_active_set(g, n_z)
         status = torch.where(converged, status, int(QPStatus.MAX_ITER))
+    slots = slots.clone()  # leave inference mode: the slots are saved for backward
     infeasible = slots[:, 0] == INFEASIBLE_SLOT
     any_infeasible = bool(infeasible.any())
     if any_infeasible:
