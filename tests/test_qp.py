@@ -467,3 +467,14 @@ def test_cuda_matches_cpu() -> None:  # pragma: no cover - runs only with a GPU
     assert isinstance(u_gpu, torch.Tensor)
     assert isinstance(u_cpu, torch.Tensor)
     assert torch.allclose(u_gpu.cpu(), u_cpu, atol=1e-12)
+
+
+def test_beyond_the_fast_range_same_method_stays_exact() -> None:
+    # n = 12, m = 48 (+ bounds): the same active-set method, just more iterations.
+    rng = np.random.default_rng(21)
+    u_ref, G, h, lb, ub = random_problem(rng, 6, 12, 48, True)
+    u, info = solve_qp(u_ref, G, h, lb, ub, return_info=True)
+    assert info.method == "active-set"
+    assert bool((info.status == QPStatus.OPTIMAL).all())
+    ref = clarabel(as_np(u_ref), as_np(G), as_np(h), as_np(lb), as_np(ub))
+    assert np.abs(u.numpy() - ref).max() < 1e-8
