@@ -5,6 +5,7 @@ Importing this package imports PyTorch; the tabular OT-Q code never does.
 
 from __future__ import annotations
 
+from otsafe.safety.ambiguity import WassersteinBall, linear_worst_case_margin, worst_case
 from otsafe.safety.barriers import (
     Barrier,
     BoxObstacleBarrier,
@@ -36,8 +37,11 @@ __all__ = [
     "SafetyFilterWrapper",
     "SingleIntegrator",
     "SphereBarrier",
+    "WassersteinBall",
     "box_barriers",
     "cbf_margin",
     "cbf_rows",
+    "linear_worst_case_margin",
     "solve_qp",
+    "worst_case",
 ]
