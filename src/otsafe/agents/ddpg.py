@@ -1,0 +1,490 @@
+r"""DDPG behind a differentiable CBF-QP, and distributionally safe RL (DSRL).
+
+Reads top to bottom as the single-level pipeline of *Distributionally Safe RL under Model
+Uncertainty* (DSRL seed, Sec. III-B), read with DESIGN §2:
+
+1. the actor proposes :math:`u_{RL} = \mu(s)`, and exploration noise is added **before** the
+   safety layer;
+2. the safety QP rectifies it, :math:`u_r = \arg\min_u \|u - u_{RL}\|^2` s.t. the CBF condition
+   averaged over the uncertainty atoms and the input bounds (:func:`otsafe.safety.solve_qp`);
+3. for ``dsrl``, the atoms are the per-state **worst case** in the Wasserstein ball
+   :math:`\mathcal B(\rho)` around the nominal atoms, found by projected gradient ascent
+   (:func:`otsafe.safety.worst_case`). The QP and the ascent alternate (the seed's "two sequential
+   modules"): QP with the nominal atoms, ascent at that rectified action, QP with the worst case;
+4. the executed action :math:`u_r` is stored in the replay buffer, and the actor loss
+   :math:`-Q(s, u_r(\mu(s), \omega^*))` is back-propagated **through the QP**.
+
+The three methods compared in the seed and DESIGN §2 are the same agent with a different safety
+layer: ``ddpg`` (none), ``ddpg-cbf`` (QP with the nominal atoms: uncertainty-agnostic) and
+``dsrl`` (QP with the worst-case atoms).
+
+Default worst-case loss (DESIGN §2): the negative CBF margin averaged over the atoms, at the
+current rectified action held fixed; with several barriers, the smallest (binding) margin.
+Option ``worst_case_loss="actor"``: :math:`L = -Q(s, u_r(\omega))` with the gradient through
+the QP (the seed's literal wording).
+
+The safety layer computes in float64 (the QP's accuracy matters for the certificate); the
+networks run in float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from otsafe.errors import ConfigError
+from otsafe.safety.ambiguity import WassersteinBall, worst_case
+from otsafe.safety.barriers import Barrier
+from otsafe.safety.cbf import cbf_margin, cbf_rows
+from otsafe.safety.models import ControlAffineModel
+from otsafe.safety.qp import solve_qp
+
+__all__ = [
+    "DDPGAgent",
+    "DDPGConfig",
+    "ReplayBuffer",
+    "SafetyConfig",
+    "SafetyLayer",
+]
+
+SafetyMode = Literal["none", "nominal", "worst"]
+WorstCaseLoss = Literal["margin", "actor"]
+
+
+# ----------------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class DDPGConfig:
+    """DDPG hyperparameters (Lillicrap et al. 2016), CleanRL-style defaults."""
+
+    hidden: tuple[int, ...] = (128, 128)
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 128
+    buffer_size: int = 100_000
+    learning_starts: int = 1_000
+    exploration_noise: float = 0.1  # std, as a fraction of half the action range
+    updates_per_step: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("actor_lr", "critic_lr", "tau", "exploration_noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"agent.{name} must be finite and >= 0, got {value!r}")
+        if not 0 <= self.gamma <= 1:
+            raise ConfigError(f"agent.gamma must lie in [0, 1], got {self.gamma!r}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"agent.tau must lie in (0, 1], got {self.tau!r}")
+        for name in ("batch_size", "buffer_size", "updates_per_step"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"agent.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.learning_starts < 0:
+            raise ConfigError(f"agent.learning_starts must be >= 0, got {self.learning_starts}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"agent.hidden must be positive layer sizes, got {self.hidden}")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """The safety layer: CBF rows, the QP, the atoms and the worst-case search."""
+
+    mode: SafetyMode = "worst"
+    alpha: float = 1.0
+    alpha2: float | None = None  # HOCBF: alpha_2 (relative degree 2); None uses alpha
+    relative_degree: int = 1
+    n_atoms: int = 16
+    radius: float = 0.2  # rho of the Wasserstein ball
+    order: Literal[1, 2] = 1
+    ascent_steps: int = 3
+    ascent_step_size: float = 1.0
+    worst_case_loss: WorstCaseLoss = "margin"
+    alternations: int = 1
+    slack_penalty: float | None = None  # None: hard rows; elastic fallback only if infeasible
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "nominal", "worst"):
+            raise ConfigError(f"safety.mode must be none, nominal or worst, got {self.mode!r}")
+        if self.relative_degree not in (1, 2):
+            raise ConfigError(f"safety.relative_degree must be 1 or 2, got {self.relative_degree}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ConfigError(f"safety.alpha must be positive, got {self.alpha!r}")
+        if self.n_atoms < 1:
+            raise ConfigError(f"safety.n_atoms must be >= 1, got {self.n_atoms}")
+        if not (self.radius >= 0 and math.isfinite(self.radius)):
+            raise ConfigError(f"safety.radius must be finite and >= 0, got {self.radius!r}")
+        if self.worst_case_loss not in ("margin", "actor"):
+            raise ConfigError(
+                f"safety.worst_case_loss must be margin or actor, got {self.worst_case_loss!r}"
+            )
+        if self.ascent_steps < 0 or self.alternations < 1:
+            raise ConfigError("safety.ascent_steps must be >= 0 and safety.alternations >= 1")
+
+
+# ------------------------------------------------------------------------------ safety layer
+@dataclass
+class SafetyOutput:
+    """The rectified action and what the layer did, per batch row."""
+
+    action: Tensor  # (B, n_u)
+    changed: Tensor  # (B,) bool: |u_r - u_ref| above tolerance
+    slack: Tensor  # (B,) slack of the QP (0 without)
+    atoms: Tensor | None  # (B, N, n_w) atoms used in the final QP
+
+
+class SafetyLayer:
+    """The CBF-QP filter with nominal or worst-case atoms (see the module docstring).
+
+    Parameters
+    ----------
+    model : ControlAffineModel
+        Batched dynamics :math:`f, g, D`.
+    barriers : sequence of Barrier
+        Safe set :math:`\\{h_j \\ge 0\\}`.
+    low, high : array-like
+        Action bounds (also QP bounds).
+    config : SafetyConfig
+    nominal_atoms : Tensor, shape (N, n_w)
+        Samples of the nominal uncertainty :math:`p_0`.
+    """
+
+    def __init__(
+        self,
+        model: ControlAffineModel,
+        barriers: Sequence[Barrier],
+        low: NDArray[np.float64],
+        high: NDArray[np.float64],
+        config: SafetyConfig,
+        nominal_atoms: Tensor,
+    ) -> None:
+        self.model = model
+        self.barriers = list(barriers)
+        self.config = config
+        self.dtype = nominal_atoms.dtype
+        self.device = nominal_atoms.device
+        self.low = torch.as_tensor(low, dtype=self.dtype, device=self.device)
+        self.high = torch.as_tensor(high, dtype=self.dtype, device=self.device)
+        self.nominal_atoms = nominal_atoms
+        alpha2 = config.alpha2 if config.alpha2 is not None else config.alpha
+        self._rates: dict[str, Any] = {
+            "alpha": config.alpha,
+            "relative_degree": config.relative_degree,
+            "alpha2": alpha2 if config.relative_degree == 2 else None,
+        }
+
+    def _atoms(self, batch: int) -> Tensor:
+        return self.nominal_atoms.unsqueeze(0).expand(batch, -1, -1)
+
+    def qp(self, x: Tensor, u_ref: Tensor, atoms: Tensor) -> tuple[Tensor, Tensor]:
+        """Rectified action for rows averaged over ``atoms`` (differentiable), and the slack."""
+        G, h = cbf_rows(self.model, self.barriers, x, atoms, **self._rates)
+        u, info = solve_qp(
+            u_ref,
+            G,
+            h,
+            self.low,
+            self.high,
+            slack_penalty=self.config.slack_penalty,
+            return_info=True,
+        )
+        return u, info.slack
+
+    def margin_loss(self, x: Tensor, u_fixed: Tensor) -> Callable[[Tensor], Tensor]:
+        """DESIGN §2 default loss: minus the smallest atom-averaged CBF margin at ``u_fixed``."""
+
+        def loss(atoms: Tensor) -> Tensor:
+            m = cbf_margin(self.model, self.barriers, x, u_fixed, atoms, **self._rates)
+            return -m.mean(dim=1).amin(dim=-1)
+
+        return loss
+
+    def actor_loss(
+        self, x: Tensor, u_ref: Tensor, q_fn: Callable[[Tensor], Tensor]
+    ) -> Callable[[Tensor], Tensor]:
+        """Option ``actor``: minus the critic at the rectified action, through the QP."""
+
+        def loss(atoms: Tensor) -> Tensor:
+            u, _ = self.qp(x, u_ref, atoms)
+            return -q_fn(u)
+
+        return loss
+
+    def __call__(
+        self,
+        x: Tensor,
+        u_ref: Tensor,
+        q_fn: Callable[[Tensor], Tensor] | None = None,
+        differentiable: bool = False,
+    ) -> SafetyOutput:
+        """Rectify ``u_ref`` at states ``x`` (float64 tensors (B, n_x), (B, n_u)).
+
+        With ``differentiable`` the result carries gradients to ``u_ref`` (through the QP).
+        """
+        cfg = self.config
+        batch = x.shape[0]
+        if cfg.mode == "none":
+            u = torch.minimum(torch.maximum(u_ref, self.low), self.high)
+            zeros = torch.zeros(batch, dtype=torch.bool, device=x.device)
+            return SafetyOutput(u, zeros, torch.zeros(batch, dtype=x.dtype), None)
+        atoms = self._atoms(batch)
+        with torch.no_grad():
+            u_nominal, slack = self.qp(x, u_ref.detach(), atoms)
+        if cfg.mode == "worst" and cfg.radius > 0:
+            ball = WassersteinBall(atoms, cfg.radius, order=cfg.order)
+            u_fixed = u_nominal
+            for _ in range(cfg.alternations):  # ascent at u_r, then the QP with the worst case
+                if cfg.worst_case_loss == "actor" and q_fn is not None:
+                    loss = self.actor_loss(x, u_ref.detach(), q_fn)
+                else:
+                    loss = self.margin_loss(x, u_fixed)
+                atoms = worst_case(
+                    loss,
+                    ball,
+                    steps=cfg.ascent_steps,
+                    step_size=cfg.ascent_step_size,
+                    init=atoms,
+                )
+                if cfg.alternations > 1:
+                    with torch.no_grad():
+                        u_fixed, _ = self.qp(x, u_ref.detach(), atoms)
+        if differentiable:
+            u, slack = self.qp(x, u_ref, atoms)
+        elif cfg.mode == "nominal":
+            u = u_nominal
+        else:
+            with torch.no_grad():
+                u, slack = self.qp(x, u_ref, atoms)
+        scale = 1.0 + u_ref.detach().abs().amax(-1)
+        changed = (u.detach() - u_ref.detach()).abs().amax(-1) > 1e-6 * scale
+        return SafetyOutput(u, changed, slack.detach(), atoms)
+
+
+# --------------------------------------------------------------------------------- networks
+def _mlp(sizes: Sequence[int], out_act: nn.Module | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    if out_act is not None:
+        layers.append(out_act)
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    """Deterministic policy :math:`\\mu(s)` squashed into the action box."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        low: NDArray[np.float64],
+        high: NDArray[np.float64],
+        hidden: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.net = _mlp([obs_dim, *hidden, len(low)], nn.Tanh())
+        self.register_buffer("mid", torch.as_tensor((high + low) / 2, dtype=torch.float32))
+        self.register_buffer("radius", torch.as_tensor((high - low) / 2, dtype=torch.float32))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        out: Tensor = self.mid + self.radius * self.net(obs)
+        return out
+
+
+class Critic(nn.Module):
+    """:math:`Q(s, a)`."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = _mlp([obs_dim + act_dim, *hidden, 1])
+
+    def forward(self, obs: Tensor, act: Tensor) -> Tensor:
+        out: Tensor = self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+        return out
+
+
+# ----------------------------------------------------------------------------------- replay
+@dataclass
+class ReplayBuffer:
+    """Transitions (observation, state for the safety layer, executed action, reward, next)."""
+
+    obs_dim: int
+    state_dim: int
+    act_dim: int
+    capacity: int
+    rng: np.random.Generator
+    size: int = 0
+    pos: int = 0
+    data: dict[str, NDArray[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        c = self.capacity
+        self.data = {
+            "obs": np.zeros((c, self.obs_dim), np.float32),
+            "state": np.zeros((c, self.state_dim), np.float64),
+            "action": np.zeros((c, self.act_dim), np.float64),
+            "reward": np.zeros(c, np.float32),
+            "next_obs": np.zeros((c, self.obs_dim), np.float32),
+            "next_state": np.zeros((c, self.state_dim), np.float64),
+            "done": np.zeros(c, np.float32),
+        }
+
+    def add(self, **transition: Any) -> None:
+        for key, value in transition.items():
+            self.data[key][self.pos] = value
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch: int) -> dict[str, NDArray[Any]]:
+        idx = self.rng.integers(0, self.size, size=batch)
+        return {key: value[idx] for key, value in self.data.items()}
+
+
+# ------------------------------------------------------------------------------------ agent
+class DDPGAgent:
+    """DDPG whose actions pass through a :class:`SafetyLayer` (``ddpg``/``ddpg-cbf``/``dsrl``).
+
+    Parameters
+    ----------
+    obs_dim : int
+    low, high : array-like
+        Action bounds.
+    safety : SafetyLayer
+        ``mode="none"`` gives plain DDPG.
+    config : DDPGConfig
+    seed : int
+        Seeds the networks, the replay sampling and the exploration noise.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        low: NDArray[np.float64],
+        high: NDArray[np.float64],
+        safety: SafetyLayer,
+        config: DDPGConfig,
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.safety = safety
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+        self.actor = Actor(obs_dim, self.low, self.high, config.hidden)
+        self.critic = Critic(obs_dim, len(self.low), config.hidden)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.buffer = ReplayBuffer(
+            obs_dim,
+            safety.model.state_dim,
+            len(self.low),
+            config.buffer_size,
+            np.random.default_rng(np.random.SeedSequence([seed, 2])),
+        )
+        self.steps = 0
+
+    # ------------------------------------------------------------------------------ acting
+    def act(
+        self, obs: NDArray[Any], state: NDArray[Any], explore: bool = True
+    ) -> tuple[NDArray[np.float64], SafetyOutput]:
+        """Executed action for one observation: policy (+ noise) -> safety layer."""
+        half = (self.high - self.low) / 2
+        if explore and self.steps < self.config.learning_starts:
+            u_ref = self.rng.uniform(self.low, self.high)
+        else:
+            with torch.no_grad():
+                u_ref = self.actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+            u_ref = u_ref.astype(np.float64)
+            if explore:  # noise before the safety layer
+                u_ref = u_ref + self.rng.normal(0.0, self.config.exploration_noise * half)
+        u_ref = np.clip(u_ref, self.low, self.high)
+        x = torch.as_tensor(state, dtype=self.safety.dtype)[None]
+        q_fn = self._q_fn(obs[None]) if self.safety.config.worst_case_loss == "actor" else None
+        out = self.safety(x, torch.as_tensor(u_ref, dtype=self.safety.dtype)[None], q_fn)
+        return out.action[0].detach().numpy(), out
+
+    def _q_fn(self, obs: NDArray[Any]) -> Callable[[Tensor], Tensor]:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32)
+
+        def q(u: Tensor) -> Tensor:
+            value: Tensor = self.critic(obs_t, u.to(torch.float32)).to(u.dtype)
+            return value
+
+        return q
+
+    def observe(self, **transition: Any) -> None:
+        """Store a transition (keys: obs, state, action, reward, next_obs, next_state, done)."""
+        self.buffer.add(**transition)
+        self.steps += 1
+
+    # ----------------------------------------------------------------------------- learning
+    def update(self) -> dict[str, float]:
+        """One DDPG update; the target and the actor loss both go through the safety layer."""
+        cfg = self.config
+        if self.buffer.size < max(cfg.batch_size, cfg.learning_starts):
+            return {}
+        b = self.buffer.sample(cfg.batch_size)
+        obs = torch.as_tensor(b["obs"])
+        next_obs = torch.as_tensor(b["next_obs"])
+        action = torch.as_tensor(b["action"], dtype=torch.float32)
+        reward = torch.as_tensor(b["reward"])
+        done = torch.as_tensor(b["done"])
+        dt = self.safety.dtype
+        state = torch.as_tensor(b["state"], dtype=dt)
+        next_state = torch.as_tensor(b["next_state"], dtype=dt)
+
+        # Critic: y = r + gamma (1 - done) Q'(s', u_r(mu'(s')))  (the target policy is filtered).
+        with torch.no_grad():
+            next_ref = self.actor_target(next_obs).to(dt)
+            next_u = self.safety(next_state, next_ref, self._target_q(next_obs)).action
+            target = reward + cfg.gamma * (1 - done) * self.critic_target(
+                next_obs, next_u.to(torch.float32)
+            )
+        critic_loss = nn.functional.mse_loss(self.critic(obs, action), target)
+        self.critic_opt.zero_grad()
+        critic_loss.backward()  # type: ignore[no-untyped-call]
+        self.critic_opt.step()
+
+        # Actor: -Q(s, u_r(mu(s), omega*)), back-propagated through the QP.
+        u_ref = self.actor(obs).to(dt)
+        rectified = self.safety(state, u_ref, self._q_fn(b["obs"]), differentiable=True).action
+        actor_loss = -self.critic(obs, rectified.to(torch.float32)).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        with torch.no_grad():
+            for net, tgt in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
+                for p, tp in zip(net.parameters(), tgt.parameters(), strict=True):
+                    tp.mul_(1 - cfg.tau).add_(cfg.tau * p)
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
+
+    def _target_q(self, next_obs: Tensor) -> Callable[[Tensor], Tensor]:
+        def q(u: Tensor) -> Tensor:
+            value: Tensor = self.critic_target(next_obs, u.to(torch.float32)).to(u.dtype)
+            return value
+
+        return q
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks and optimisers (for checkpoints)."""
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "actor_target": self.actor_target.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "steps": self.steps,
+        }
