@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from otsafe.agents.tabular import OTQLearning
 from otsafe.envs.gridmap import load_map
 from otsafe.errors import ConfigError, OtsafeError, SafetyValuesError
+from otsafe.experiments.dsrl_config import DSRLConfig
 
 __all__ = [
     "AgentConfig",
@@ -68,6 +69,7 @@ class ExperimentConfig(_Strict):
         description="if non-empty, OT-Q runs once per beta in the list (agent.beta is ignored)",
     )
     workers: int = Field(0, ge=0, description="parallel processes; 0 = one per CPU core")
+    device: Literal["cpu"] = Field("cpu", description="the tabular agents run on the CPU")
     convergence_window: int = Field(20, ge=1)
     convergence_tail: int = Field(50, ge=1)
     convergence_tolerance: float = Field(0.1, gt=0)
@@ -116,6 +118,7 @@ class AgentConfig(_Strict):
 class OTQConfig(_Strict):
     """A complete OT-Q experiment."""
 
+    kind: Literal["otq"] = "otq"
     preset: str = "otq-paper"
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
@@ -216,7 +219,7 @@ def resolve_config(
     config_file: str | Path | None = None,
     shortcuts: Mapping[str, Any] | None = None,
     sets: Iterable[str] = (),
-) -> OTQConfig:
+) -> OTQConfig | DSRLConfig:
     """Resolve a configuration from its layers (see the module docstring) and validate it.
 
     Also checks what the models cannot: that the map exists and parses and that the safety values
@@ -231,6 +234,13 @@ def resolve_config(
         data = apply_overrides(data, {k: v for k, v in shortcuts.items() if v is not None})
     data = apply_overrides(data, dict(parse_set(s) for s in sets))
     config = validate_config(data)
+    if isinstance(config, DSRLConfig):
+        if config.experiment.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("experiment.device: CUDA was requested but no GPU is available")
+        return config
     try:
         grid = load_map(config.env.map)
     except OtsafeError as exc:
@@ -258,20 +268,24 @@ def load_safety_values(path: str | Path | None) -> NDArray[np.float64] | None:
     return np.asarray(values)
 
 
-def validate_config(data: Mapping[str, Any]) -> OTQConfig:
-    """Validate a nested mapping into an :class:`OTQConfig`, with one-line errors."""
+def validate_config(data: Mapping[str, Any]) -> OTQConfig | DSRLConfig:
+    """Validate a nested mapping into an :class:`OTQConfig` or (``kind: dsrl``) a
+    :class:`~otsafe.experiments.dsrl_config.DSRLConfig`, with one-line errors."""
+    root: type[OTQConfig] | type[DSRLConfig] = (
+        DSRLConfig if data.get("kind") == "dsrl" else OTQConfig
+    )
     try:
-        return OTQConfig.model_validate(data)
+        return root.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        raise ConfigError(_format_validation_error(exc, root)) from None
 
 
-def _format_validation_error(exc: ValidationError) -> str:
+def _format_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc)
     if err["type"] == "extra_forbidden":
-        parent_model = _model_at(loc[:-1])
+        parent_model = _model_at(root, loc[:-1])
         valid = list(parent_model.model_fields) if parent_model is not None else []
         prefix = "".join(f"{part}." for part in loc[:-1])
         hint = _suggest(loc[-1], valid, prefix=prefix)
@@ -280,8 +294,8 @@ def _format_validation_error(exc: ValidationError) -> str:
     return f"invalid config value for {key!r}: {err['msg']} (got {err.get('input')!r}){more}"
 
 
-def _model_at(path: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = OTQConfig
+def _model_at(root: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = root
     for part in path:
         field = model.model_fields.get(part)
         annotation = field.annotation if field is not None else None
