@@ -127,14 +127,18 @@ def _run_dsrl(config: Any, args: argparse.Namespace) -> int:
         worst = [v["violation_rate"]["mean"] for k, v in stats["eval"].items() if "worst" in k]
         nominal = stats["eval"].get("shift/fixed/0", {}).get("violation_rate", {}).get("mean")
         print(
-            f"  {method:>9}: violation rate nominal {_fmt_pct(nominal)}, "
-            f"worst-direction shifts up to {_fmt_pct(max(worst) if worst else None)}"
+            f"  {method:>9}: violation rate nominal {_fmt_rate(nominal)}, "
+            f"worst-direction shifts up to {_fmt_rate(max(worst) if worst else None)}"
         )
     return 0
 
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
+
+
+def _fmt_rate(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def _fmt_pct(x: float | None) -> str:

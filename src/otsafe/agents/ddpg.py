@@ -109,6 +109,7 @@ class SafetyConfig:
     worst_case_loss: WorstCaseLoss = "margin"
     alternations: int = 1
     slack_penalty: float | None = None  # None: hard rows; elastic fallback only if infeasible
+    weight: tuple[float, ...] | None = None  # diagonal W of ||u - u_RL||_W^2 (None: identity)
 
     def __post_init__(self) -> None:
         if self.mode not in ("none", "nominal", "worst"):
@@ -173,8 +174,13 @@ class SafetyLayer:
         self.low = torch.as_tensor(low, dtype=self.dtype, device=self.device)
         self.high = torch.as_tensor(high, dtype=self.dtype, device=self.device)
         self.nominal_atoms = nominal_atoms
+        self.weight = (
+            None
+            if config.weight is None
+            else torch.as_tensor(config.weight, dtype=self.dtype, device=self.device)
+        )
         alpha2 = config.alpha2 if config.alpha2 is not None else config.alpha
-        self._rates: dict[str, Any] = {
+        self.rates: dict[str, Any] = {
             "alpha": config.alpha,
             "relative_degree": config.relative_degree,
             "alpha2": alpha2 if config.relative_degree == 2 else None,
@@ -183,9 +189,13 @@ class SafetyLayer:
     def _atoms(self, batch: int) -> Tensor:
         return self.nominal_atoms.unsqueeze(0).expand(batch, -1, -1)
 
-    def qp(self, x: Tensor, u_ref: Tensor, atoms: Tensor) -> tuple[Tensor, Tensor]:
+    def rows(self, x: Tensor) -> CBFRows:
+        """The CBF rows of states ``x``, reusable for any atoms and actions."""
+        return CBFRows(self.model, self.barriers, x, self.rates)
+
+    def qp(self, rows: CBFRows, u_ref: Tensor, atoms: Tensor) -> tuple[Tensor, Tensor]:
         """Rectified action for rows averaged over ``atoms`` (differentiable), and the slack."""
-        G, h = cbf_rows(self.model, self.barriers, x, atoms, **self._rates)
+        G, h = rows.averaged(atoms)
         u, info = solve_qp(
             u_ref,
             G,
@@ -193,29 +203,77 @@ class SafetyLayer:
             self.low,
             self.high,
             slack_penalty=self.config.slack_penalty,
+            weight=self.weight,
             return_info=True,
         )
         return u, info.slack
 
-    def margin_loss(self, x: Tensor, u_fixed: Tensor) -> Callable[[Tensor], Tensor]:
+    def margin_loss(self, rows: CBFRows, u_fixed: Tensor) -> Callable[[Tensor], Tensor]:
         """DESIGN §2 default loss: minus the smallest atom-averaged CBF margin at ``u_fixed``."""
 
         def loss(atoms: Tensor) -> Tensor:
-            m = cbf_margin(self.model, self.barriers, x, u_fixed, atoms, **self._rates)
-            return -m.mean(dim=1).amin(dim=-1)
+            return -rows.margins(u_fixed, atoms).mean(dim=1).amin(dim=-1)
 
         return loss
 
     def actor_loss(
-        self, x: Tensor, u_ref: Tensor, q_fn: Callable[[Tensor], Tensor]
+        self, rows: CBFRows, u_ref: Tensor, q_fn: Callable[[Tensor], Tensor]
     ) -> Callable[[Tensor], Tensor]:
         """Option ``actor``: minus the critic at the rectified action, through the QP."""
 
         def loss(atoms: Tensor) -> Tensor:
-            u, _ = self.qp(x, u_ref, atoms)
+            u, _ = self.qp(rows, u_ref, atoms)
             return -q_fn(u)
 
         return loss
+
+    def prepare(
+        self, x: Tensor, u_ref: Tensor, q_fn: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[CBFRows, Tensor]:
+        """Rows of the states and the atoms of the final QP (nominal, or the worst case found
+        by alternating QP and ascent); no gradients."""
+        cfg = self.config
+        rows = self.rows(x)
+        atoms = self._atoms(x.shape[0])
+        if cfg.mode != "worst" or cfg.radius == 0:
+            return rows, atoms
+        with torch.no_grad():
+            u_fixed, _ = self.qp(rows, u_ref.detach(), atoms)
+        ball = WassersteinBall(atoms, cfg.radius, order=cfg.order)
+        for k in range(cfg.alternations):  # ascent at u_r, then the QP with the worst case
+            if cfg.worst_case_loss == "actor" and q_fn is not None:
+                loss = self.actor_loss(rows, u_ref.detach(), q_fn)
+            else:
+                loss = self.margin_loss(rows, u_fixed)
+            atoms = worst_case(
+                loss, ball, steps=cfg.ascent_steps, step_size=cfg.ascent_step_size, init=atoms
+            )
+            if k + 1 < cfg.alternations:
+                with torch.no_grad():
+                    u_fixed, _ = self.qp(rows, u_ref.detach(), atoms)
+        return rows, atoms
+
+    def solve(
+        self, rows: CBFRows, u_ref: Tensor, atoms: Tensor, differentiable: bool = False
+    ) -> SafetyOutput:
+        """The final QP with the prepared rows and atoms."""
+        if differentiable:
+            u, slack = self.qp(rows, u_ref, atoms)
+        else:
+            with torch.no_grad():
+                u, slack = self.qp(rows, u_ref, atoms)
+        scale = 1.0 + u_ref.detach().abs().amax(-1)
+        changed = (u.detach() - u_ref.detach()).abs().amax(-1) > 1e-6 * scale
+        return SafetyOutput(u, changed, slack.detach(), atoms)
+
+    def clip(self, u_ref: Tensor) -> SafetyOutput:
+        """No safety layer (``ddpg``): the action clipped to its bounds."""
+        batch = u_ref.shape[0]
+        u = torch.minimum(torch.maximum(u_ref, self.low), self.high)
+        zeros = torch.zeros(batch, dtype=torch.bool, device=u_ref.device)
+        return SafetyOutput(
+            u, zeros, torch.zeros(batch, dtype=u_ref.dtype, device=u_ref.device), None
+        )
 
     def __call__(
         self,
@@ -228,43 +286,70 @@ class SafetyLayer:
 
         With ``differentiable`` the result carries gradients to ``u_ref`` (through the QP).
         """
-        cfg = self.config
-        batch = x.shape[0]
-        if cfg.mode == "none":
-            u = torch.minimum(torch.maximum(u_ref, self.low), self.high)
-            zeros = torch.zeros(batch, dtype=torch.bool, device=x.device)
-            return SafetyOutput(u, zeros, torch.zeros(batch, dtype=x.dtype), None)
-        atoms = self._atoms(batch)
-        with torch.no_grad():
-            u_nominal, slack = self.qp(x, u_ref.detach(), atoms)
-        if cfg.mode == "worst" and cfg.radius > 0:
-            ball = WassersteinBall(atoms, cfg.radius, order=cfg.order)
-            u_fixed = u_nominal
-            for _ in range(cfg.alternations):  # ascent at u_r, then the QP with the worst case
-                if cfg.worst_case_loss == "actor" and q_fn is not None:
-                    loss = self.actor_loss(x, u_ref.detach(), q_fn)
-                else:
-                    loss = self.margin_loss(x, u_fixed)
-                atoms = worst_case(
-                    loss,
-                    ball,
-                    steps=cfg.ascent_steps,
-                    step_size=cfg.ascent_step_size,
-                    init=atoms,
-                )
-                if cfg.alternations > 1:
-                    with torch.no_grad():
-                        u_fixed, _ = self.qp(x, u_ref.detach(), atoms)
-        if differentiable:
-            u, slack = self.qp(x, u_ref, atoms)
-        elif cfg.mode == "nominal":
-            u = u_nominal
-        else:
-            with torch.no_grad():
-                u, slack = self.qp(x, u_ref, atoms)
-        scale = 1.0 + u_ref.detach().abs().amax(-1)
-        changed = (u.detach() - u_ref.detach()).abs().amax(-1) > 1e-6 * scale
-        return SafetyOutput(u, changed, slack.detach(), atoms)
+        if self.config.mode == "none":
+            return self.clip(u_ref)
+        rows, atoms = self.prepare(x, u_ref, q_fn)
+        return self.solve(rows, u_ref, atoms, differentiable)
+
+
+class CBFRows:
+    r"""The CBF conditions of a batch of states, evaluated once and reused across atoms.
+
+    For relative degree 1 the per-atom margin is affine in the atom,
+    :math:`m_{ij} = h^0_j - (G u)_j + L_D h_j\,\omega_i`
+    (:math:`h^0_j = L_f h_j + \alpha h_j`, :math:`G_j = -L_g h_j`), so the rows are evaluated once
+    at the atoms :math:`0, e_1, \dots, e_{n_w}` and every later average or margin is a small
+    tensor product. This makes the worst-case ascent cost no more Lie derivatives. Relative
+    degree 2 (HOCBF) is quadratic in the atom, and falls back to :func:`cbf_rows` and
+    :func:`cbf_margin`.
+    """
+
+    def __init__(
+        self,
+        model: ControlAffineModel,
+        barriers: list[Barrier],
+        x: Tensor,
+        rates: dict[str, Any],
+    ) -> None:
+        self.model, self.barriers, self.x, self.rates = model, barriers, x, rates
+        self.affine = rates["relative_degree"] == 1
+        if self.affine:
+            nw = model.disturbance_dim
+            probe = torch.cat(
+                [
+                    torch.zeros(1, nw, dtype=x.dtype, device=x.device),
+                    torch.eye(nw, dtype=x.dtype, device=x.device),
+                ]
+            )
+            g_all, h_all = cbf_rows(model, barriers, x, probe, reduce="none", **rates)
+            self.G = g_all[:, 0]  # (B, J, n_u)
+            self.h0 = h_all[:, 0]  # (B, J)
+            self.ld = (h_all[:, 1:] - h_all[:, :1]).transpose(1, 2)  # (B, J, n_w)
+
+    def split(self, k: int) -> tuple[CBFRows, CBFRows]:
+        """The rows of the first ``k`` states and of the rest."""
+        parts = []
+        for sl in (slice(0, k), slice(k, None)):
+            part = copy.copy(self)
+            part.x = self.x[sl]
+            if self.affine:
+                part.G, part.h0, part.ld = self.G[sl], self.h0[sl], self.ld[sl]
+            parts.append(part)
+        return parts[0], parts[1]
+
+    def averaged(self, atoms: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows ``(G, h)`` averaged over ``atoms`` (B, N, n_w)."""
+        if self.affine:
+            mean = atoms.mean(1).unsqueeze(-1)  # (B, n_w, 1)
+            return self.G, self.h0 + (self.ld @ mean).squeeze(-1)
+        return cbf_rows(self.model, self.barriers, self.x, atoms, **self.rates)
+
+    def margins(self, u: Tensor, atoms: Tensor) -> Tensor:
+        """Per-atom margins ``h - G u`` at the action ``u``, shape (B, N, J)."""
+        if self.affine:
+            base = self.h0 - (self.G @ u.unsqueeze(-1)).squeeze(-1)  # (B, J)
+            return base.unsqueeze(1) + atoms @ self.ld.transpose(1, 2)
+        return cbf_margin(self.model, self.barriers, self.x, u, atoms, **self.rates)
 
 
 # --------------------------------------------------------------------------------- networks
@@ -379,8 +464,9 @@ class DDPGAgent:
         self.high = np.asarray(high, dtype=np.float64)
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-        self.actor = Actor(obs_dim, self.low, self.high, config.hidden)
-        self.critic = Critic(obs_dim, len(self.low), config.hidden)
+        self.device = safety.device  # networks live where the safety layer does
+        self.actor = Actor(obs_dim, self.low, self.high, config.hidden).to(self.device)
+        self.critic = Critic(obs_dim, len(self.low), config.hidden).to(self.device)
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
@@ -404,18 +490,20 @@ class DDPGAgent:
             u_ref = self.rng.uniform(self.low, self.high)
         else:
             with torch.no_grad():
-                u_ref = self.actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None]
+                u_ref = self.actor(obs_t)[0].cpu().numpy()
             u_ref = u_ref.astype(np.float64)
             if explore:  # noise before the safety layer
                 u_ref = u_ref + self.rng.normal(0.0, self.config.exploration_noise * half)
         u_ref = np.clip(u_ref, self.low, self.high)
-        x = torch.as_tensor(state, dtype=self.safety.dtype)[None]
+        x = torch.as_tensor(state, dtype=self.safety.dtype, device=self.device)[None]
         q_fn = self._q_fn(obs[None]) if self.safety.config.worst_case_loss == "actor" else None
-        out = self.safety(x, torch.as_tensor(u_ref, dtype=self.safety.dtype)[None], q_fn)
-        return out.action[0].detach().numpy(), out
+        u_t = torch.as_tensor(u_ref, dtype=self.safety.dtype, device=self.device)[None]
+        out = self.safety(x, u_t, q_fn)
+        return out.action[0].detach().cpu().numpy(), out
 
     def _q_fn(self, obs: NDArray[Any]) -> Callable[[Tensor], Tensor]:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32)
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
 
         def q(u: Tensor) -> Tensor:
             value: Tensor = self.critic(obs_t, u.to(torch.float32)).to(u.dtype)
@@ -435,19 +523,40 @@ class DDPGAgent:
         if self.buffer.size < max(cfg.batch_size, cfg.learning_starts):
             return {}
         b = self.buffer.sample(cfg.batch_size)
-        obs = torch.as_tensor(b["obs"])
-        next_obs = torch.as_tensor(b["next_obs"])
-        action = torch.as_tensor(b["action"], dtype=torch.float32)
-        reward = torch.as_tensor(b["reward"])
-        done = torch.as_tensor(b["done"])
+        dev = self.device
+        obs = torch.as_tensor(b["obs"], device=dev)
+        next_obs = torch.as_tensor(b["next_obs"], device=dev)
+        action = torch.as_tensor(b["action"], dtype=torch.float32, device=dev)
+        reward = torch.as_tensor(b["reward"], device=dev)
+        done = torch.as_tensor(b["done"], device=dev)
         dt = self.safety.dtype
-        state = torch.as_tensor(b["state"], dtype=dt)
-        next_state = torch.as_tensor(b["next_state"], dtype=dt)
+        state = torch.as_tensor(b["state"], dtype=dt, device=dev)
+        next_state = torch.as_tensor(b["next_state"], dtype=dt, device=dev)
+
+        # One safety pass for the target states s' and the actor's states s (the worst case
+        # for both in one batched ascent; the "actor" worst-case loss needs separate critics).
+        with torch.no_grad():
+            next_ref = self.actor_target(next_obs).to(dt)
+        u_ref = self.actor(obs).to(dt)
+        layer = self.safety
+        if layer.config.mode == "none":
+            next_u = layer.clip(next_ref).action
+            rectified = layer.clip(u_ref).action
+        elif layer.config.worst_case_loss == "actor" and layer.config.mode == "worst":
+            next_u = layer(next_state, next_ref, self._target_q(next_obs)).action
+            rectified = layer(state, u_ref, self._q_fn(b["obs"]), differentiable=True).action
+        else:
+            rows, atoms = layer.prepare(
+                torch.cat([next_state, state]), torch.cat([next_ref, u_ref.detach()])
+            )
+            rows_next, rows_now = rows.split(cfg.batch_size)
+            next_u = layer.solve(rows_next, next_ref, atoms[: cfg.batch_size]).action
+            rectified = layer.solve(
+                rows_now, u_ref, atoms[cfg.batch_size :], differentiable=True
+            ).action
 
         # Critic: y = r + gamma (1 - done) Q'(s', u_r(mu'(s')))  (the target policy is filtered).
         with torch.no_grad():
-            next_ref = self.actor_target(next_obs).to(dt)
-            next_u = self.safety(next_state, next_ref, self._target_q(next_obs)).action
             target = reward + cfg.gamma * (1 - done) * self.critic_target(
                 next_obs, next_u.to(torch.float32)
             )
@@ -457,8 +566,6 @@ class DDPGAgent:
         self.critic_opt.step()
 
         # Actor: -Q(s, u_r(mu(s), omega*)), back-propagated through the QP.
-        u_ref = self.actor(obs).to(dt)
-        rectified = self.safety(state, u_ref, self._q_fn(b["obs"]), differentiable=True).action
         actor_loss = -self.critic(obs, rectified.to(torch.float32)).mean()
         self.actor_opt.zero_grad()
         actor_loss.backward()

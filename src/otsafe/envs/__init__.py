@@ -1,6 +1,8 @@
-"""Environments: the OT-Q gridworld and its maps.
+"""Environments: the OT-Q gridworld and its maps; the DSRL Dubins car and quadrotor.
 
-Importing this package registers ``otsafe/GridWorld-v0`` with Gymnasium.
+Importing this package registers ``otsafe/GridWorld-v0``, ``otsafe/DubinsCar-v0`` and
+``otsafe/Quadrotor-v0`` with Gymnasium. The continuous environments (and PyTorch, which their
+models use) are imported only when one of them is made.
 """
 
 from __future__ import annotations
@@ -31,3 +33,7 @@ __all__ = [
 
 if "otsafe/GridWorld-v0" not in gym.registry:
     gym.register(id="otsafe/GridWorld-v0", entry_point="otsafe.envs.gridworld:GridWorld")
+if "otsafe/DubinsCar-v0" not in gym.registry:
+    gym.register(id="otsafe/DubinsCar-v0", entry_point="otsafe.envs.dubins:DubinsCar")
+if "otsafe/Quadrotor-v0" not in gym.registry:
+    gym.register(id="otsafe/Quadrotor-v0", entry_point="otsafe.envs.quadrotor:Quadrotor")

@@ -240,6 +240,14 @@ def resolve_config(
 
             if not torch.cuda.is_available():
                 raise ConfigError("experiment.device: CUDA was requested but no GPU is available")
+        from otsafe.experiments.dsrl_runner import make_env
+
+        try:  # build the environment once, so a bad layout fails before anything runs
+            make_env(config).close()
+        except OtsafeError as exc:
+            raise ConfigError(f"env.params: {exc}") from None
+        except TypeError as exc:  # unknown keyword of the environment's constructor
+            raise ConfigError(f"env.params: {exc}") from None
         return config
     try:
         grid = load_map(config.env.map)

@@ -99,6 +99,11 @@ class DSRLSafety(_Strict):
     worst_case_loss: Literal["margin", "actor"] = "margin"
     alternations: int = Field(1, ge=1)
     slack_penalty: float | None = Field(None, gt=0)
+    weight: list[float] | None = Field(
+        None,
+        description="diagonal weight of the QP objective; the car uses [10, 1] so that the "
+        "filter steers rather than brakes",
+    )
 
 
 class DSRLEval(_Strict):

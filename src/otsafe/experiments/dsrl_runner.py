@@ -116,7 +116,9 @@ def make_agent(config: DSRLConfig, env: Any, method: str, seed: int) -> Any:
     model = base.control_affine_model
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 3]).generate_state(1)[0]))
     dist = nominal(config).with_dim(model.disturbance_dim)
-    atoms = dist.atoms(config.safety.n_atoms, generator=gen, dtype=torch.float64)
+    atoms = dist.atoms(config.safety.n_atoms, generator=gen, dtype=torch.float64).to(
+        torch.device(config.experiment.device)
+    )
     s = config.safety
     safety_cfg = SafetyConfig(
         mode=SAFETY_MODE[method],
@@ -131,6 +133,7 @@ def make_agent(config: DSRLConfig, env: Any, method: str, seed: int) -> Any:
         worst_case_loss=s.worst_case_loss,
         alternations=s.alternations,
         slack_penalty=s.slack_penalty,
+        weight=None if s.weight is None else tuple(s.weight),
     )
     low = np.asarray(env.action_space.low, dtype=np.float64)
     high = np.asarray(env.action_space.high, dtype=np.float64)
@@ -184,8 +187,8 @@ def run_episode(
         length += 1
         violation_steps += int(bool(info.get("violation", False)))
         min_barrier = min(min_barrier, float(info.get("min_barrier", math.inf)))
-        interventions += int(bool(out.changed[0]))
-        slack_activations += int(float(out.slack[0]) > 1e-9)
+        interventions += int(bool(out.changed[0].item()))
+        slack_activations += int(float(out.slack[0].item()) > 1e-9)
         success = success or bool(info.get("success", False))
         if train:
             agent.observe(
@@ -224,16 +227,18 @@ def worst_direction_hook(agent: Any, delta: float, base_dist: Any) -> Callable[.
     from otsafe.safety.cbf import cbf_margin
 
     layer = agent.safety
-    rates = dict(layer._rates)
+    rates = dict(layer.rates)
     previous: list[np.ndarray[Any, Any]] = []
 
     def hook(base: Any, state: np.ndarray[Any, Any], action: np.ndarray[Any, Any]) -> None:
-        x = torch.as_tensor(state, dtype=torch.float64)[None]
-        u = torch.as_tensor(action, dtype=torch.float64)[None]
-        w = torch.as_tensor(base_dist.mean, dtype=torch.float64)[None, None].requires_grad_(True)
+        dev = layer.device
+        x = torch.as_tensor(state, dtype=torch.float64, device=dev)[None]
+        u = torch.as_tensor(action, dtype=torch.float64, device=dev)[None]
+        w = torch.as_tensor(base_dist.mean, dtype=torch.float64, device=dev)[None, None]
+        w.requires_grad_(True)
         m = cbf_margin(layer.model, layer.barriers, x, u, w, **rates)  # (1, 1, J)
         (grad,) = torch.autograd.grad(m[0, 0].min(), w)
-        g = grad[0, 0].numpy()
+        g = grad[0, 0].cpu().numpy()
         norm = float(np.linalg.norm(g))
         if norm > 0:
             previous[:] = [-g / norm]
@@ -359,16 +364,18 @@ def _atoms_example(agent: Any, env: Any) -> dict[str, list[list[float]]]:
 
     layer = agent.safety
     obs, _ = env.reset(seed=0)
-    state = torch.as_tensor(env.unwrapped.safety_state(), dtype=torch.float64)[None]
+    dev = layer.device
+    state = torch.as_tensor(env.unwrapped.safety_state(), dtype=torch.float64, device=dev)[None]
     with torch.no_grad():
-        u_ref = agent.actor(torch.as_tensor(obs, dtype=torch.float32)[None]).to(torch.float64)
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=dev)[None]
+        u_ref = agent.actor(obs_t).to(torch.float64)
     worst_cfg = SafetyConfig(**{**layer.config.__dict__, "mode": "worst"})
     probe = SafetyLayer(
         layer.model, layer.barriers, agent.low, agent.high, worst_cfg, layer.nominal_atoms
     )
     out = probe(state, u_ref)
     worst = out.atoms[0] if out.atoms is not None else layer.nominal_atoms
-    return {"nominal": layer.nominal_atoms.tolist(), "worst": worst.tolist()}
+    return {"nominal": layer.nominal_atoms.cpu().tolist(), "worst": worst.cpu().tolist()}
 
 
 def _job_in_subprocess(job: DSRLJob, ticks: Any) -> DSRLResult:
