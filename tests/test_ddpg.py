@@ -169,3 +169,46 @@ def test_bad_safety_config(kwargs: dict[str, object], match: str) -> None:
 def test_bad_ddpg_config(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         DDPGConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def _rows_case(kind: str) -> tuple[object, list[object], torch.Tensor, dict[str, object]]:
+    from otsafe.safety import DoubleIntegrator, SphereBarrier
+
+    gen = torch.Generator().manual_seed(0)
+    if kind == "single":  # relative degree 1: always affine in the atom
+        x = torch.randn(5, 2, generator=gen, dtype=F64) * 2
+        return (SingleIntegrator(2), [CircleBarrier([0.0, 0.0], 0.5)], x,
+                {"alpha": 1.0, "relative_degree": 1, "alpha2": None})
+    x = torch.randn(5, 6, generator=gen, dtype=F64) * 2
+    model = DoubleIntegrator(3)
+    if kind == "double":  # HOCBF with gusts on the acceleration: affine
+        return (model, [SphereBarrier([0.0, 0.0, 0.0], 0.5, position=[0, 1, 2])], x,
+                {"alpha": 1.0, "relative_degree": 2, "alpha2": 1.0})
+
+    class DriftOnPosition(DoubleIntegrator):  # omega enters p' too: the HOCBF is quadratic
+        def D(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+            d = torch.zeros(x.shape[0], 6, 3, dtype=x.dtype)
+            d[:, :3, :] = torch.eye(3, dtype=x.dtype)
+            return d
+
+    return (DriftOnPosition(3), [SphereBarrier([0.0, 0.0, 0.0], 0.5, position=[0, 1, 2])], x,
+            {"alpha": 1.0, "relative_degree": 2, "alpha2": 1.0})
+
+
+@pytest.mark.parametrize(("kind", "affine"), [("single", True), ("double", True),
+                                              ("quadratic", False)])
+def test_cbf_row_cache_is_exact(kind: str, affine: bool) -> None:
+    from otsafe.agents.ddpg import CBFRows
+    from otsafe.safety import cbf_margin, cbf_rows
+
+    model, barriers, x, rates = _rows_case(kind)
+    rows = CBFRows(model, barriers, x, rates)  # type: ignore[arg-type]
+    assert rows.affine is affine
+    atoms = torch.randn(5, 7, model.disturbance_dim, dtype=F64)  # type: ignore[attr-defined]
+    G, h = rows.averaged(atoms)
+    G_ref, h_ref = cbf_rows(model, barriers, x, atoms, **rates)  # type: ignore[arg-type]
+    torch.testing.assert_close(G, G_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
+    u = torch.randn(5, G.shape[-1], dtype=F64)
+    m_ref = cbf_margin(model, barriers, x, u, atoms, **rates)  # type: ignore[arg-type]
+    torch.testing.assert_close(rows.margins(u, atoms), m_ref, rtol=1e-10, atol=1e-10)

@@ -110,6 +110,7 @@ class SafetyConfig:
     alternations: int = 1
     slack_penalty: float | None = None  # None: hard rows; elastic fallback only if infeasible
     weight: tuple[float, ...] | None = None  # diagonal W of ||u - u_RL||_W^2 (None: identity)
+    backend: Literal["native", "cvxpylayers"] = "native"  # QP solver (cvxpylayers: reference)
 
     def __post_init__(self) -> None:
         if self.mode not in ("none", "nominal", "worst"):
@@ -196,6 +197,18 @@ class SafetyLayer:
     def qp(self, rows: CBFRows, u_ref: Tensor, atoms: Tensor) -> tuple[Tensor, Tensor]:
         """Rectified action for rows averaged over ``atoms`` (differentiable), and the slack."""
         G, h = rows.averaged(atoms)
+        if self.config.backend == "cvxpylayers":  # the reference pipeline of the benchmarks
+            u_ref_layer = solve_qp(
+                u_ref,
+                G,
+                h,
+                self.low,
+                self.high,
+                slack_penalty=self.config.slack_penalty,
+                backend="cvxpylayers",
+            )
+            assert isinstance(u_ref_layer, Tensor)
+            return u_ref_layer, torch.zeros_like(u_ref_layer[:, 0])
         u, info = solve_qp(
             u_ref,
             G,
@@ -295,13 +308,15 @@ class SafetyLayer:
 class CBFRows:
     r"""The CBF conditions of a batch of states, evaluated once and reused across atoms.
 
-    For relative degree 1 the per-atom margin is affine in the atom,
-    :math:`m_{ij} = h^0_j - (G u)_j + L_D h_j\,\omega_i`
-    (:math:`h^0_j = L_f h_j + \alpha h_j`, :math:`G_j = -L_g h_j`), so the rows are evaluated once
-    at the atoms :math:`0, e_1, \dots, e_{n_w}` and every later average or margin is a small
-    tensor product. This makes the worst-case ascent cost no more Lie derivatives. Relative
-    degree 2 (HOCBF) is quadratic in the atom, and falls back to :func:`cbf_rows` and
-    :func:`cbf_margin`.
+    When the per-atom margin is affine in the atom,
+    :math:`m_{ij} = h^0_j - (G u)_j + L_D h_j\,\omega_i` with :math:`G` independent of the atom,
+    the rows are evaluated once at a few probe atoms, and every later average or margin is a
+    small tensor product, so the worst-case ascent costs no more Lie derivatives. This holds for
+    every first-order CBF (:math:`m = L_f h + L_g h\,u + L_D h\,\omega + \alpha h`), and for a
+    HOCBF whenever :math:`\nabla^2 h\, D = 0` and :math:`D` is constant (e.g. the quadrotor:
+    position barriers, gusts on the acceleration). Affinity is not assumed but checked exactly on
+    the probes :math:`0, e_k, 2e_k` and one generic point. Otherwise (a HOCBF quadratic in the
+    atom) the rows fall back to :func:`cbf_rows` and :func:`cbf_margin`.
     """
 
     def __init__(
@@ -312,19 +327,23 @@ class CBFRows:
         rates: dict[str, Any],
     ) -> None:
         self.model, self.barriers, self.x, self.rates = model, barriers, x, rates
-        self.affine = rates["relative_degree"] == 1
-        if self.affine:
-            nw = model.disturbance_dim
-            probe = torch.cat(
-                [
-                    torch.zeros(1, nw, dtype=x.dtype, device=x.device),
-                    torch.eye(nw, dtype=x.dtype, device=x.device),
-                ]
-            )
-            g_all, h_all = cbf_rows(model, barriers, x, probe, reduce="none", **rates)
-            self.G = g_all[:, 0]  # (B, J, n_u)
-            self.h0 = h_all[:, 0]  # (B, J)
-            self.ld = (h_all[:, 1:] - h_all[:, :1]).transpose(1, 2)  # (B, J, n_w)
+        nw = model.disturbance_dim
+        eye = torch.eye(nw, dtype=x.dtype, device=x.device)
+        generic = torch.linspace(0.3, 1.1, nw, dtype=x.dtype, device=x.device)
+        probe = torch.cat(
+            [torch.zeros(1, nw, dtype=x.dtype, device=x.device), eye, 2 * eye, generic[None]]
+        )
+        g_all, h_all = cbf_rows(model, barriers, x, probe, reduce="none", **rates)
+        self.G = g_all[:, 0]  # (B, J, n_u)
+        self.h0 = h_all[:, 0]  # (B, J)
+        self.ld = (h_all[:, 1 : 1 + nw] - h_all[:, :1]).transpose(1, 2)  # (B, J, n_w)
+        predicted = self.h0.unsqueeze(1) + (probe[1:] @ self.ld.transpose(1, 2))  # (B, P-1, J)
+        scale = 1.0 + h_all.abs().amax() + self.ld.abs().amax()
+        tol = 1e-9 * float(scale.detach())
+        self.affine = bool(
+            ((g_all - self.G.unsqueeze(1)).abs().amax() <= tol)
+            and ((h_all[:, 1:] - predicted).abs().amax() <= tol)
+        )
 
     def split(self, k: int) -> tuple[CBFRows, CBFRows]:
         """The rows of the first ``k`` states and of the rest."""
@@ -332,8 +351,7 @@ class CBFRows:
         for sl in (slice(0, k), slice(k, None)):
             part = copy.copy(self)
             part.x = self.x[sl]
-            if self.affine:
-                part.G, part.h0, part.ld = self.G[sl], self.h0[sl], self.ld[sl]
+            part.G, part.h0, part.ld = self.G[sl], self.h0[sl], self.ld[sl]
             parts.append(part)
         return parts[0], parts[1]
 

@@ -47,7 +47,7 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import ArrayLike
 
-from otsafe.envs.dubins import (
+from otsafe.envs._navigation import (
     FloatArray,
     ObstacleSpec,
     _check_outside,

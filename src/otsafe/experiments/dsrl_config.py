@@ -99,6 +99,9 @@ class DSRLSafety(_Strict):
     worst_case_loss: Literal["margin", "actor"] = "margin"
     alternations: int = Field(1, ge=1)
     slack_penalty: float | None = Field(None, gt=0)
+    qp_backend: Literal["native", "cvxpylayers"] = Field(
+        "native", description="QP solver; cvxpylayers is the slow reference (benchmarks)"
+    )
     weight: list[float] | None = Field(
         None,
         description="diagonal weight of the QP objective; the car uses [10, 1] so that the "

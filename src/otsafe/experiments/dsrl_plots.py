@@ -90,8 +90,8 @@ def _trajectories(results: Sequence[DSRLResult], env: Any, path: Path) -> None:
     base = env.unwrapped
     obstacles = list(getattr(base, "obstacles", []))
     methods = _by_method(results)
-    fig = Figure(figsize=(4.2 * len(methods), 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(methods)))
+    fig = Figure(figsize=(6.0, 2.6 * len(methods)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(methods), 1, sharex=True))
     for ax, (method, runs) in zip(axes, methods.items(), strict=True):
         for center, radius in obstacles:
             ax.add_patch(

@@ -134,6 +134,7 @@ def make_agent(config: DSRLConfig, env: Any, method: str, seed: int) -> Any:
         alternations=s.alternations,
         slack_penalty=s.slack_penalty,
         weight=None if s.weight is None else tuple(s.weight),
+        backend=s.qp_backend,
     )
     low = np.asarray(env.action_space.low, dtype=np.float64)
     high = np.asarray(env.action_space.high, dtype=np.float64)

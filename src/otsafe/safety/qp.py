@@ -83,6 +83,13 @@ Method = Literal["auto", "enumerate", "active-set"]
 
 _MAX_ENUMERATION_WORK = 300
 ELASTIC_PENALTY = 1e6
+#: Solver arguments of ``backend="cvxpylayers"``: tight, because this backend is the reference
+#: that tests compare against (its defaults are only accurate to ~1e-4).
+CVXPYLAYERS_SOLVER_ARGS: dict[str, float] = {
+    "eps_abs": 1e-10,
+    "eps_rel": 1e-10,
+    "max_iters": 100_000,
+}
 
 
 class QPError(OtsafeError):
@@ -535,7 +542,6 @@ def _solve_cvxpylayers(
         args.append(big)
         cons.append(sign * u <= sign * p_b)
     layer = CvxpyLayer(cp.Problem(cp.Minimize(objective), cons), parameters=params, variables=[u])
-    # Tight tolerances: this backend is the reference that tests and benchmarks compare against.
-    (out,) = layer(*args, solver_args={"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 100_000})
+    (out,) = layer(*args, solver_args=dict(CVXPYLAYERS_SOLVER_ARGS))
     result: Tensor = out
     return result
