@@ -177,13 +177,21 @@ def _rows_case(kind: str) -> tuple[object, list[object], torch.Tensor, dict[str,
     gen = torch.Generator().manual_seed(0)
     if kind == "single":  # relative degree 1: always affine in the atom
         x = torch.randn(5, 2, generator=gen, dtype=F64) * 2
-        return (SingleIntegrator(2), [CircleBarrier([0.0, 0.0], 0.5)], x,
-                {"alpha": 1.0, "relative_degree": 1, "alpha2": None})
+        return (
+            SingleIntegrator(2),
+            [CircleBarrier([0.0, 0.0], 0.5)],
+            x,
+            {"alpha": 1.0, "relative_degree": 1, "alpha2": None},
+        )
     x = torch.randn(5, 6, generator=gen, dtype=F64) * 2
     model = DoubleIntegrator(3)
     if kind == "double":  # HOCBF with gusts on the acceleration: affine
-        return (model, [SphereBarrier([0.0, 0.0, 0.0], 0.5, position=[0, 1, 2])], x,
-                {"alpha": 1.0, "relative_degree": 2, "alpha2": 1.0})
+        return (
+            model,
+            [SphereBarrier([0.0, 0.0, 0.0], 0.5, position=[0, 1, 2])],
+            x,
+            {"alpha": 1.0, "relative_degree": 2, "alpha2": 1.0},
+        )
 
     class DriftOnPosition(DoubleIntegrator):  # omega enters p' too: the HOCBF is quadratic
         def D(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
@@ -191,12 +199,17 @@ def _rows_case(kind: str) -> tuple[object, list[object], torch.Tensor, dict[str,
             d[:, :3, :] = torch.eye(3, dtype=x.dtype)
             return d
 
-    return (DriftOnPosition(3), [SphereBarrier([0.0, 0.0, 0.0], 0.5, position=[0, 1, 2])], x,
-            {"alpha": 1.0, "relative_degree": 2, "alpha2": 1.0})
+    return (
+        DriftOnPosition(3),
+        [SphereBarrier([0.0, 0.0, 0.0], 0.5, position=[0, 1, 2])],
+        x,
+        {"alpha": 1.0, "relative_degree": 2, "alpha2": 1.0},
+    )
 
 
-@pytest.mark.parametrize(("kind", "affine"), [("single", True), ("double", True),
-                                              ("quadratic", False)])
+@pytest.mark.parametrize(
+    ("kind", "affine"), [("single", True), ("double", True), ("quadratic", False)]
+)
 def test_cbf_row_cache_is_exact(kind: str, affine: bool) -> None:
     from otsafe.agents.ddpg import CBFRows
     from otsafe.safety import cbf_margin, cbf_rows

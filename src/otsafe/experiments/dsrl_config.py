@@ -118,6 +118,12 @@ class DSRLEval(_Strict):
     )
     directions: list[Direction] = Field(default_factory=_all_directions, min_length=1)
     heavy_tailed_df: float | None = Field(3.0, gt=0, description="Student-t df; None skips")
+    reference_radius: float | None = Field(
+        None,
+        gt=0,
+        description="unit of the deltas; None uses safety.radius (set it to compare radii "
+        "at the same absolute shifts)",
+    )
 
     @field_validator("deltas")
     @classmethod

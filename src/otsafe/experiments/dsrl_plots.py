@@ -64,10 +64,12 @@ def _violation_vs_shift(config: DSRLConfig, results: Sequence[DSRLResult], path:
             deltas = [runs[0].evaluation[i]["delta"] for i in rows]
             rates = np.array([[r.evaluation[i]["violation_rate"] for i in rows] for r in runs])
             mean, half = _band(rates)
+            # Student-t interval, clipped to the range of a rate
+            low, high = np.clip(mean - half, 0.0, 1.0), np.clip(mean + half, 0.0, 1.0)
             ax.errorbar(
                 deltas,
                 mean,
-                yerr=half,
+                yerr=[mean - low, high - mean],
                 fmt="o-",
                 capsize=3,
                 color=COLOURS.get(method),

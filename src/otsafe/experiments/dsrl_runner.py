@@ -277,7 +277,7 @@ def run_dsrl_job(job: DSRLJob, progress: Callable[[int], object] | None = None) 
     p0 = Gaussian(cfg.env.nominal_mean, cfg.env.nominal_std).with_dim(
         base.control_affine_model.disturbance_dim
     )
-    rho = cfg.safety.radius
+    rho = cfg.eval.reference_radius or cfg.safety.radius
     obstacle_dir = _fixed_direction(base, p0.dim)
     dists: list[tuple[str, str, float, Any]] = []
     for direction in cfg.eval.directions:
