@@ -167,7 +167,7 @@ def test_q_learning_pays_no_bonus() -> None:
         ({"epsilon_min": -0.5}, "epsilon_min"),
         ({"beta": -1.0}, "beta"),
         ({"state_distribution": "stationary"}, "state_distribution"),
-        ({"ot_method": "sinkhorn"}, "ot_method"),
+        ({"ot_method": "network-simplex"}, "ot_method"),
         ({"epsilon_min": 0.0, "epsilon_decay": 0.5}, "epsilon_min > 0"),
     ],
 )

@@ -18,7 +18,15 @@ from otsafe.experiments.config import (
     validate_config,
 )
 
-PRESETS = ("otq-paper", "otq-quick", "otq-beta-sweep", "otq-rooms30", "otq-maze50")
+PRESETS = (
+    "otq-paper",
+    "otq-quick",
+    "otq-beta-sweep",
+    "otq-rooms30",
+    "otq-maze50",
+    "otq-rooms100",
+    "otq-rooms100-quick",
+)
 
 
 def write_yaml(path: Path, data: object) -> Path:
@@ -293,7 +301,7 @@ def test_unknown_key_via_validate_config() -> None:
         ("experiment.methods=[ot-q, ot-q]", "experiment.methods"),
         ("experiment.methods=[]", "experiment.methods"),
         ("agent.state_distribution=stationary", "agent.state_distribution"),
-        ("agent.ot_method=sinkhorn", "agent.ot_method"),
+        ("agent.ot_method=emd", "agent.ot_method"),
     ],
 )
 def test_out_of_range_values_name_the_key(assignment: str, key: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import warnings
 from importlib import resources
 
@@ -51,7 +52,10 @@ S...#..
 
 
 def builtin_text(name: str) -> str:
-    return resources.files("otsafe.envs").joinpath("maps", f"{name}.txt").read_text()
+    maps = resources.files("otsafe.envs").joinpath("maps")
+    if maps.joinpath(f"{name}.txt").is_file():
+        return maps.joinpath(f"{name}.txt").read_text()
+    return gzip.decompress(maps.joinpath(f"{name}.txt.gz").read_bytes()).decode("ascii")
 
 
 # ------------------------------------------------------------------------------ gymnasium API
@@ -437,7 +441,8 @@ def test_map_error_names_the_map_file(tmp_path) -> None:
 @pytest.mark.parametrize("spec", ["papr", "no/such/map.txt"])
 def test_unknown_map_name_or_missing_file(spec: str) -> None:
     with pytest.raises(
-        MapError, match=r"unknown map .*not a built-in map \(paper, rooms30, maze50\)"
+        MapError,
+        match=r"unknown map .*not a built-in map \(paper, rooms30, maze50, rooms100, city1000\)",
     ):
         load_map(spec)
     with pytest.raises(MapError, match="no such file"):

@@ -46,7 +46,11 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--episodes", type=int, help="episodes per run (experiment.episodes)")
     run.add_argument("--map", help="built-in map name or ASCII map file (env.map)")
     run.add_argument("--workers", type=int, help="parallel processes, 0 = one per core")
-    run.add_argument("--device", choices=["cpu", "cuda"], help="device for the DSRL presets")
+    run.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="device: DSRL networks and QP, or the OT-Q grid Sinkhorn solver (experiment.device)",
+    )
     run.add_argument("--config", type=Path, help="YAML file of config overrides")
     run.add_argument(
         "--set",

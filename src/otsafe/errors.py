@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ChainError",
     "ConfigError",
+    "ConvergenceError",
     "DistributionError",
     "MapError",
     "OtsafeError",
@@ -40,6 +41,10 @@ class ChainError(OtsafeError):
 
 class ConfigError(OtsafeError):
     """A configuration value or key is invalid."""
+
+
+class ConvergenceError(OtsafeError):
+    """An iterative solver could not meet the requested tolerance within its iteration budget."""
 
 
 class RunDirectoryError(OtsafeError):

@@ -44,12 +44,14 @@ from otsafe.errors import ConfigError
 from otsafe.markov import ChainModel, epsilon_greedy_policy
 from otsafe.transport.costs import sqeuclidean_cost
 from otsafe.transport.exact import ExactOT, OTSolution
+from otsafe.transport.grid import AUTO_EXACT_MAX_CELLS
+from otsafe.transport.grid_sinkhorn import GridSinkhorn, GridSinkhornPlan
 from otsafe.transport.tripartite import GridExactOT, GridPlan
 
 __all__ = ["EpisodeMetrics", "OTMethod", "OTQLearning", "QLearning", "StateDistribution"]
 
 StateDistribution = Literal["visits", "truncated", "empirical"]
-OTMethod = Literal["tripartite", "dense"]
+OTMethod = Literal["tripartite", "dense", "sinkhorn", "auto"]
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,16 @@ class QLearning:
     state_distribution : {"visits", "truncated", "empirical"}
         How :math:`P^\pi` is obtained: exact untruncated expected visits (default), exact visits
         within ``env.max_steps`` moves, or the visit frequencies of the last episode.
-    ot_method : {"tripartite", "dense"}
-        Exact OT solver: min-cost flow on the tripartite grid network
+    ot_method : {"tripartite", "dense", "sinkhorn", "auto"}
+        OT solver: min-cost flow on the tripartite grid network
         (:class:`~otsafe.transport.GridExactOT`, default, ~3x faster) or POT's ``ot.emd`` on the
-        dense cost (:class:`~otsafe.transport.ExactOT`). Both are exact; where the optimal plan is
-        not unique they can return different optimal plans (same cost).
+        dense cost (:class:`~otsafe.transport.ExactOT`), both exact (where the optimal plan is
+        not unique they can return different optimal plans with the same cost); the entropic
+        grid solver (:class:`~otsafe.transport.GridSinkhorn`, for large maps, warm-started from
+        the previous episode's plan); or ``"auto"``: tripartite up to
+        :data:`~otsafe.transport.AUTO_EXACT_MAX_CELLS` reachable cells, Sinkhorn above.
+    ot_epsilon, ot_tol, ot_device, ot_dtype
+        Regularisation (cell^2), marginal tolerance, device and dtype of the Sinkhorn solver.
     track_w2 : bool
         Compute :math:`P^\pi` and the plan after every episode even when ``beta == 0``.
     """
@@ -130,6 +137,10 @@ class QLearning:
         state_distribution: StateDistribution = "visits",
         ot_method: OTMethod = "tripartite",
         track_w2: bool = True,
+        ot_epsilon: float = 0.5,
+        ot_tol: float = 1e-3,
+        ot_device: str = "cpu",
+        ot_dtype: str = "float64",
     ) -> None:
         if not isinstance(env, GridWorld):
             raise ConfigError(f"env must be an otsafe GridWorld, got {type(env).__name__}")
@@ -144,8 +155,10 @@ class QLearning:
                 f"state_distribution must be visits, truncated or empirical, got "
                 f"{state_distribution!r}"
             )
-        if ot_method not in ("tripartite", "dense"):
-            raise ConfigError(f"ot_method must be tripartite or dense, got {ot_method!r}")
+        if ot_method not in ("tripartite", "dense", "sinkhorn", "auto"):
+            raise ConfigError(
+                f"ot_method must be tripartite, dense, sinkhorn or auto, got {ot_method!r}"
+            )
         if state_distribution == "visits" and epsilon_min == 0.0 and (beta > 0 or track_w2):
             raise ConfigError(
                 "state_distribution='visits' needs epsilon_min > 0: a greedy policy may never "
@@ -177,9 +190,20 @@ class QLearning:
         self._chain = ChainModel.from_grid(grid)
         self._p_s = env.risk_distribution
         cells = grid.coordinates[self._support]
-        self._ot: GridExactOT | ExactOT = (
-            GridExactOT(cells) if ot_method == "tripartite" else ExactOT(sqeuclidean_cost(cells))
-        )
+        if ot_method == "auto":
+            big = self._support.size > AUTO_EXACT_MAX_CELLS
+            ot_method = "sinkhorn" if big else "tripartite"
+        self.ot_method: OTMethod = ot_method
+        self._ot: GridExactOT | ExactOT | GridSinkhorn
+        if ot_method == "sinkhorn":
+            # On the whole H x W grid: P^pi and P^s are zero off the reachable cells.
+            self._ot = GridSinkhorn(
+                grid.shape, epsilon=ot_epsilon, tol=ot_tol, device=ot_device, dtype=ot_dtype
+            )
+        elif ot_method == "tripartite":
+            self._ot = GridExactOT(cells)
+        else:
+            self._ot = ExactOT(sqeuclidean_cost(cells))
         # (s, a) pairs whose move changes cell, in support positions, and c(s, s') of each move,
         # for the bonus lookup (the dense n x n cost is never needed).
         pos = np.full(n, -1, dtype=np.int64)
@@ -191,7 +215,7 @@ class QLearning:
         self._moves = (s_idx, a_idx, pos[s_idx], pos[s2_idx])
         self._move_cost = np.sum((grid.coordinates[s_idx] - grid.coordinates[s2_idx]) ** 2, axis=1)
         self._visit_counts = np.zeros(n)
-        self.last_plan: GridPlan | OTSolution | None = None
+        self.last_plan: GridPlan | OTSolution | GridSinkhornPlan | None = None
         self.last_state_distribution: NDArray[np.float64] | None = None
         self._last_policy: NDArray[np.float64] | None = None
 
@@ -287,7 +311,7 @@ class QLearning:
             return math.nan
         if self.state_distribution == "empirical":
             p_pi = self._visit_counts / self._visit_counts.sum()
-            plan = self._ot.solve(p_pi[self._support], self._p_s[self._support])
+            plan = self._solve_ot(p_pi)
         else:
             policy = self.policy()
             if (
@@ -301,17 +325,26 @@ class QLearning:
                 p_pi = self._chain.state_distribution(
                     policy, mode=self.state_distribution, max_steps=self.env.max_steps
                 )
-                plan = self._ot.solve(p_pi[self._support], self._p_s[self._support])
+                plan = self._solve_ot(p_pi)
             self._last_policy = policy
         self.last_plan = plan
         self.last_state_distribution = p_pi
         if self.beta > 0:
             s_idx, a_idx, i, j = self._moves
+            if isinstance(plan, GridSinkhornPlan):  # addressed by grid cells, not support positions
+                i, j = s_idx, self.env.transitions.next_state[s_idx, a_idx]
             c = plan.at(i, j) * self._move_cost  # C(s, s') = T*(s, s') c(s, s')
             bonus = np.zeros((self.env.grid.n_cells, 4))
             bonus[s_idx, a_idx] = self.beta * c
             self._bonus = bonus.tolist()
         return plan.wasserstein(p=2)
+
+    def _solve_ot(self, p_pi: NDArray[np.float64]) -> GridPlan | OTSolution | GridSinkhornPlan:
+        """Eq. 3 between P^pi (source) and P^s (target)."""
+        if isinstance(self._ot, GridSinkhorn):
+            warm = self.last_plan if isinstance(self.last_plan, GridSinkhornPlan) else None
+            return self._ot.solve(p_pi, self._p_s, warm_start=warm)
+        return self._ot.solve(p_pi[self._support], self._p_s[self._support])
 
     def train(
         self, episodes: int, callback: Callable[[EpisodeMetrics], None] | None = None

@@ -16,10 +16,17 @@ Safety values (the expert's "safety preference"): a free cell gets
 off-grid or obstacles; the goal gets 1, obstacles 0. The risk distribution is
 :math:`P^s = v / \\sum v`. Free cells that cannot be reached from the start (closed pockets) carry
 no preference: the agent can never be there, so :math:`P^s` is zero on them too.
+
+Everything here is vectorised over cells (no Python loop over cells), so maps of :math:`10^6`
+cells such as ``city1000`` load and build their tables in well under a second.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
+import re
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -50,12 +57,29 @@ REWARD_COLLISION: Final = -10.0
 REWARD_GOAL: Final = 10.0
 
 _MAP_CHARS: Final = frozenset(".#SG")
+_BAD_CHAR: Final = re.compile(r"[^.#SG]")
 
 #: Built-in maps shipped in ``otsafe/envs/maps``: name -> short description.
+#:
+#: Each is the file ``maps/<name>.txt``, or ``maps/<name>.txt.gz`` for the large ones. The
+#: 1000x1000 ``city1000`` map is shipped gzip-compressed (36 kB instead of 1 MB of text)
+#: rather than generated from a seed at load time: the shipped data fixes the map for good,
+#: whatever the generator's dependencies do later (a random stream or a library change could
+#: otherwise silently change the map, and every result obtained on it), it reads the same way
+#: as every other map file, and decompressing it costs a few milliseconds. Its generator,
+#: ``scripts/make_large_maps.py``, documents and reproduces it (``tests/test_large_maps.py``).
 BUILTIN_MAPS: Final = {
     "paper": "15x15, start and goal in opposite corners, obstacle blocks and walls (our layout)",
     "rooms30": "30x30, four rooms joined by doorways, with furniture",
     "maze50": "50x50 maze with loops (recursive backtracker, seed 7, 12% of walls opened)",
+    "rooms100": (
+        "100x100 building: rooms joined by doorways, furniture blocks, 21.4% obstacles "
+        "(scripts/make_large_maps.py, seed 2024)"
+    ),
+    "city1000": (
+        "1000x1000 city: districts behind walls with gates, buildings and parks, 21.5% obstacles "
+        "(scripts/make_large_maps.py, seed 1000; shipped gzip-compressed)"
+    ),
 }
 
 
@@ -86,6 +110,10 @@ class GridMap:
     """A validated grid map.
 
     Build one with :func:`parse_map` or :func:`load_map`; the constructor checks the invariants.
+    A map is immutable: its arrays, the cached per-cell arrays and tables included, are
+    read-only, so one map can be shared by many environments. The per-cell properties are
+    vectorised (no Python loop over cells); on a :math:`10^6`-cell map each takes milliseconds
+    and :attr:`transitions` about 0.1 s.
 
     Attributes
     ----------
@@ -151,23 +179,20 @@ class GridMap:
     def coordinates(self) -> NDArray[np.float64]:
         """``(n_cells, 2)`` array of ``(row, col)`` coordinates in row-major order."""
         h, w = self.shape
-        rows, cols = np.divmod(np.arange(h * w), w)
-        return np.stack([rows, cols], axis=1).astype(np.float64)
+        coords = np.empty((h * w, 2), dtype=np.float64)
+        coords[:, 0] = np.repeat(np.arange(h, dtype=np.float64), w)
+        coords[:, 1] = np.tile(np.arange(w, dtype=np.float64), h)
+        coords.setflags(write=False)
+        return coords
 
     @cached_property
     def reachable(self) -> NDArray[np.bool_]:
         """``(H, W)`` mask of the free cells connected to the start (4-neighbourhood)."""
-        h, w = self.shape
-        seen = np.zeros((h, w), dtype=bool)
-        stack = [self.start]
-        seen[self.start] = True
-        while stack:
-            r, c = stack.pop()
-            for dr, dc in ACTION_DELTAS:
-                rr, cc = r + int(dr), c + int(dc)
-                if 0 <= rr < h and 0 <= cc < w and not seen[rr, cc] and not self.obstacles[rr, cc]:
-                    seen[rr, cc] = True
-                    stack.append((rr, cc))
+        from scipy import ndimage  # imported here: only maps need it, and it is slow to import
+
+        cross = ndimage.generate_binary_structure(2, 1)  # the 4-neighbourhood
+        labels, _ = ndimage.label(~self.obstacles, structure=cross)
+        seen = np.asarray(labels == labels[self.start], dtype=bool)
         seen.setflags(write=False)
         return seen
 
@@ -176,7 +201,9 @@ class GridMap:
         """``(H, W)`` count ``k(s)`` of the four neighbours that are off-grid or obstacles."""
         padded = np.pad(self.obstacles, 1, constant_values=True).astype(np.int64)
         k = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
-        return np.asarray(k, dtype=np.int64)
+        k = np.asarray(k, dtype=np.int64)
+        k.setflags(write=False)
+        return k
 
     # ----------------------------------------------------------------------- safety values
     def safety_values(self, values: ArrayLike | None = None) -> NDArray[np.float64]:
@@ -239,46 +266,45 @@ class GridMap:
         """The deterministic :class:`TransitionTable` of this map (DESIGN §1 rewards)."""
         h, w = self.shape
         n = h * w
-        coords = self.coordinates.astype(np.int64)
-        target = coords[:, None, :] + ACTION_DELTAS[None, :, :]  # (n, 4, 2)
-        off_grid = (
-            (target[..., 0] < 0)
-            | (target[..., 0] >= h)
-            | (target[..., 1] < 0)
-            | (target[..., 1] >= w)
-        )
-        tr = np.clip(target[..., 0], 0, h - 1)
-        tc = np.clip(target[..., 1], 0, w - 1)
-        flat_target = tr * w + tc
-        hits_obstacle = ~off_grid & self.obstacles.ravel()[flat_target]
-        here = np.repeat(np.arange(n)[:, None], 4, axis=1)
-        next_state = np.where(off_grid | hits_obstacle, here, flat_target)
+        here = np.arange(n, dtype=np.int64).reshape(h, w)
+        # Pad by one cell: ``off`` marks the off-grid ring, ``obstacle`` the obstacles inside.
+        off = np.pad(np.zeros((h, w), dtype=bool), 1, constant_values=True)
+        obstacle = np.pad(self.obstacles, 1, constant_values=False)
+        moves = np.empty((h, w, 4), dtype=np.int64)  # next_state, cell by cell
+        bumps = np.empty((h, w, 4), dtype=bool)  # collision, cell by cell
+        for a, (dr, dc) in enumerate(ACTION_DELTAS.tolist()):
+            window = (slice(1 + dr, 1 + dr + h), slice(1 + dc, 1 + dc + w))
+            hits = obstacle[window]
+            bumps[..., a] = hits
+            moves[..., a] = np.where(off[window] | hits, here, here + (dr * w + dc))
+        next_state = moves.reshape(n, 4)
+        collision = bumps.reshape(n, 4)
         reward = np.full((n, 4), REWARD_STEP)
-        reward[hits_obstacle] = REWARD_COLLISION
+        reward[collision] = REWARD_COLLISION
         terminal = np.zeros(n, dtype=bool)
         terminal[self.goal_index] = True
-        reward[terminal[next_state] & (next_state != here)] = REWARD_GOAL
+        reward[(next_state == self.goal_index) & (next_state != here.reshape(n, 1))] = REWARD_GOAL
         # Obstacle and goal rows are never used: make them inert self-loops.
         inert = self.obstacles.ravel() | terminal
-        next_state[inert] = here[inert]
+        next_state[inert] = here.reshape(n, 1)[inert]
         reward[inert] = 0.0
-        hits_obstacle[inert] = False
-        for arr in (next_state, reward, hits_obstacle, terminal):
+        collision[inert] = False
+        for arr in (next_state, reward, collision, terminal):
             arr.setflags(write=False)
         return TransitionTable(
-            next_state=next_state.astype(np.int64),
-            reward=reward,
-            collision=hits_obstacle,
-            terminal=terminal,
+            next_state=next_state, reward=reward, collision=collision, terminal=terminal
         )
 
     # ------------------------------------------------------------------------------- text
     def to_ascii(self) -> str:
         """The map as ASCII text (DESIGN §1 format), one row per line."""
-        chars = np.where(self.obstacles, "#", ".")
-        chars[self.start] = "S"
-        chars[self.goal] = "G"
-        return "\n".join("".join(row) for row in chars) + "\n"
+        h, w = self.shape
+        chars = np.full((h, w + 1), ord("."), dtype=np.uint8)
+        chars[:, :w][self.obstacles] = ord("#")
+        chars[:, w] = ord("\n")
+        chars[self.start] = ord("S")
+        chars[self.goal] = ord("G")
+        return chars.tobytes().decode("ascii")
 
 
 def parse_map(text: str, name: str = "<string>") -> GridMap:
@@ -292,35 +318,37 @@ def parse_map(text: str, name: str = "<string>") -> GridMap:
         For unknown characters, ragged rows, no or several starts/goals, or an unreachable goal.
     """
     lines = [line.rstrip() for line in text.splitlines()]
-    while lines and not lines[0]:
-        lines.pop(0)
-    while lines and not lines[-1]:
-        lines.pop()
+    first = next((i for i, line in enumerate(lines) if line), len(lines))
+    last = next((i for i in range(len(lines) - 1, first - 1, -1) if lines[i]), first - 1)
+    lines = lines[first : last + 1]
     if not lines:
         raise MapError(f"map {name!r} is empty")
     width = len(lines[0])
+    # One pass over the rows (the character scan of a row runs in C), reporting the first
+    # ragged row or unknown character in reading order.
     for i, line in enumerate(lines):
         if len(line) != width:
             raise MapError(
                 f"map {name!r}: ragged rows: row {i} has {len(line)} cells, row 0 has {width}"
             )
-        for j, ch in enumerate(line):
-            if ch not in _MAP_CHARS:
-                raise MapError(
-                    f"map {name!r}: unknown character {ch!r} at row {i}, column {j} "
-                    "(allowed: '.' free, '#' obstacle, 'S' start, 'G' goal)"
-                )
-    grid = np.array([list(line) for line in lines])
+        bad = _BAD_CHAR.search(line)
+        if bad is not None:
+            raise MapError(
+                f"map {name!r}: unknown character {bad.group()!r} at row {i}, "
+                f"column {bad.start()} (allowed: '.' free, '#' obstacle, 'S' start, 'G' goal)"
+            )
+    # Every character is now one of ".#SG": one byte each.
+    grid = np.frombuffer("".join(lines).encode("ascii"), dtype=np.uint8).reshape(-1, width)
     found: dict[str, tuple[int, int]] = {}
     for ch, label in (("S", "start"), ("G", "goal")):
-        cells = [(int(r), int(c)) for r, c in np.argwhere(grid == ch)]
+        cells = [(int(r), int(c)) for r, c in np.argwhere(grid == ord(ch))]
         if len(cells) != 1:
             where = "" if not cells else f" at {cells}"
             raise MapError(
                 f"map {name!r}: needs exactly one {label} {ch!r}, found {len(cells)}{where}"
             )
         found[label] = cells[0]
-    return GridMap(obstacles=grid == "#", start=found["start"], goal=found["goal"], name=name)
+    return GridMap(obstacles=grid == ord("#"), start=found["start"], goal=found["goal"], name=name)
 
 
 def builtin_map_names() -> list[str]:
@@ -328,8 +356,43 @@ def builtin_map_names() -> list[str]:
     return list(BUILTIN_MAPS)
 
 
+@functools.cache
+def _load_builtin(name: str) -> GridMap:
+    """The built-in map ``name``, parsed once per process and then shared.
+
+    Sharing is safe because a :class:`GridMap` is immutable (a frozen dataclass whose arrays,
+    cached ones included, are read-only), and it matters on large maps: every environment made
+    on ``city1000`` (vector environments, ``check_env``, a config check then a run) reuses one
+    transition table (about 70 MB) instead of parsing the map and building its own.
+    """
+    return parse_map(_builtin_text(name), name=name)
+
+
+def _builtin_text(name: str) -> str:
+    """Text of the built-in map ``name``: ``maps/<name>.txt``, else ``maps/<name>.txt.gz``."""
+    maps = resources.files("otsafe.envs").joinpath("maps")
+    plain = maps.joinpath(f"{name}.txt")
+    if plain.is_file():
+        return plain.read_text()
+    return gzip.decompress(maps.joinpath(f"{name}.txt.gz").read_bytes()).decode("ascii")
+
+
 def load_map(spec: str | Path | GridMap) -> GridMap:
     """Resolve a map given as a built-in name, a path to an ASCII file, or an ASCII string.
+
+    A file whose name ends in ``.gz`` is read as gzip-compressed text. Built-in maps are parsed
+    once per process: loading one again returns the same (immutable) :class:`GridMap`.
+
+    Parameters
+    ----------
+    spec : str, Path or GridMap
+        A name from :data:`BUILTIN_MAPS`, the map text itself, a path to a map file, or an
+        already built :class:`GridMap` (returned as is).
+
+    Returns
+    -------
+    GridMap
+        The validated map, named after the built-in map or the file (``"<string>"`` for text).
 
     Raises
     ------
@@ -339,15 +402,17 @@ def load_map(spec: str | Path | GridMap) -> GridMap:
     if isinstance(spec, GridMap):
         return spec
     if isinstance(spec, str) and spec in BUILTIN_MAPS:
-        text = resources.files("otsafe.envs").joinpath(f"maps/{spec}.txt").read_text()
-        return parse_map(text, name=spec)
+        return _load_builtin(spec)
     if isinstance(spec, str) and ("\n" in spec or (spec and set(spec) <= _MAP_CHARS)):
         return parse_map(spec)
     path = Path(spec)
     if path.is_file():
         try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
+            if path.suffix == ".gz":
+                text = gzip.decompress(path.read_bytes()).decode("utf-8")
+            else:
+                text = path.read_text()
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
             raise MapError(f"cannot read map file {str(path)!r}: {exc}") from None
         return parse_map(text, name=path.name)
     raise MapError(

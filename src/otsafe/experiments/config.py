@@ -69,7 +69,11 @@ class ExperimentConfig(_Strict):
         description="if non-empty, OT-Q runs once per beta in the list (agent.beta is ignored)",
     )
     workers: int = Field(0, ge=0, description="parallel processes; 0 = one per CPU core")
-    device: Literal["cpu"] = Field("cpu", description="the tabular agents run on the CPU")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="device of the grid Sinkhorn solver (agent.ot_method sinkhorn/auto); the "
+        "tabular agent itself runs on the CPU",
+    )
     convergence_window: int = Field(20, ge=1)
     convergence_tail: int = Field(50, ge=1)
     convergence_tolerance: float = Field(0.1, gt=0)
@@ -112,7 +116,18 @@ class AgentConfig(_Strict):
     epsilon_min: float = Field(0.01, ge=0, le=1)
     beta: float = Field(OTQLearning.DEFAULT_BETA, gt=0, allow_inf_nan=False)
     state_distribution: Literal["visits", "truncated", "empirical"] = "visits"
-    ot_method: Literal["tripartite", "dense"] = "tripartite"
+    ot_method: Literal["tripartite", "dense", "sinkhorn", "auto"] = Field(
+        "tripartite",
+        description="exact (tripartite, dense), entropic grid solver (sinkhorn), or auto: exact "
+        "up to 2500 reachable cells, sinkhorn above",
+    )
+    ot_epsilon: float = Field(
+        0.5, gt=0, allow_inf_nan=False, description="Sinkhorn regularisation, cell^2 units"
+    )
+    ot_tol: float = Field(
+        1e-3, gt=0, allow_inf_nan=False, description="Sinkhorn tolerance on the marginal error"
+    )
+    ot_dtype: Literal["float64", "float32"] = "float64"
 
 
 class OTQConfig(_Strict):
@@ -234,12 +249,12 @@ def resolve_config(
         data = apply_overrides(data, {k: v for k, v in shortcuts.items() if v is not None})
     data = apply_overrides(data, dict(parse_set(s) for s in sets))
     config = validate_config(data)
-    if isinstance(config, DSRLConfig):
-        if config.experiment.device == "cuda":
-            import torch
+    if config.experiment.device == "cuda":
+        import torch
 
-            if not torch.cuda.is_available():
-                raise ConfigError("experiment.device: CUDA was requested but no GPU is available")
+        if not torch.cuda.is_available():
+            raise ConfigError("experiment.device: CUDA was requested but no GPU is available")
+    if isinstance(config, DSRLConfig):
         from otsafe.experiments.dsrl_runner import make_env
 
         try:  # build the environment once, so a bad layout fails before anything runs
@@ -249,6 +264,11 @@ def resolve_config(
         except TypeError as exc:  # unknown keyword of the environment's constructor
             raise ConfigError(f"env.params: {exc}") from None
         return config
+    if config.experiment.device == "cuda" and config.agent.ot_method not in ("sinkhorn", "auto"):
+        raise ConfigError(
+            "experiment.device: cuda runs the grid Sinkhorn solver only; set agent.ot_method to "
+            f"sinkhorn or auto (got {config.agent.ot_method})"
+        )
     try:
         grid = load_map(config.env.map)
     except OtsafeError as exc:

@@ -38,6 +38,7 @@ from otsafe.errors import RunDirectoryError
 from otsafe.experiments.config import OTQConfig, load_safety_values
 from otsafe.experiments.metrics import METRIC_COLUMNS, convergence_episode
 from otsafe.experiments.stats import mean_ci, relative_reduction
+from otsafe.transport.grid_sinkhorn import GridSinkhornPlan
 
 __all__ = ["JobResult", "RunJob", "make_jobs", "run_experiment", "run_job"]
 
@@ -109,6 +110,10 @@ def run_job(job: RunJob, progress: Callable[[int], object] | None = None) -> Job
         seed=job.seed,
         state_distribution=agent_cfg.state_distribution,
         ot_method=agent_cfg.ot_method,
+        ot_epsilon=agent_cfg.ot_epsilon,
+        ot_tol=agent_cfg.ot_tol,
+        ot_device=cfg.experiment.device,
+        ot_dtype=agent_cfg.ot_dtype,
     )
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -119,7 +124,9 @@ def run_job(job: RunJob, progress: Callable[[int], object] | None = None) -> Job
     arrays = {key: np.array([r[key] for r in rows]) for key in ("episode", *METRIC_COLUMNS)}
     arrows = None
     plan = agent.last_plan
-    if plan is not None:
+    if isinstance(plan, GridSinkhornPlan):
+        arrows = _barycentric_arrows(plan)
+    elif plan is not None:
         dense = plan.dense()
         cells = env.grid.coordinates[np.flatnonzero(env.grid.reachable.ravel())]
         i, j = np.nonzero(dense > 0)
@@ -132,6 +139,25 @@ def run_job(job: RunJob, progress: Callable[[int], object] | None = None) -> Job
         plan_arrows=arrows,
         seconds=time.perf_counter() - start,
     )
+
+
+_MAX_ARROWS = 150
+
+
+def _barycentric_arrows(plan: GridSinkhornPlan) -> NDArray[np.float64]:
+    """Arrows from each cell to where its mass goes on average (entropic plans; large maps)."""
+    bary = plan.barycentric_map().reshape(-1, 2)
+    h, w = plan.shape
+    cells = np.stack(np.divmod(np.arange(h * w), w), axis=1).astype(np.float64)
+    mass = np.exp(_to_numpy_log_a(plan)) * plan.mass
+    moving = np.isfinite(bary[:, 0]) & (np.linalg.norm(bary - cells, axis=1) >= 0.5)
+    idx = np.flatnonzero(moving)
+    idx = idx[np.argsort(mass[idx])[::-1][:_MAX_ARROWS]]
+    return np.column_stack([cells[idx], bary[idx], mass[idx]])
+
+
+def _to_numpy_log_a(plan: GridSinkhornPlan) -> NDArray[np.float64]:
+    return np.asarray(plan.log_a.reshape(-1).double().cpu().numpy(), dtype=np.float64)
 
 
 _PROGRESS_EVERY = 10  # episodes between progress messages from a worker process
@@ -148,6 +174,11 @@ def _job_in_subprocess(job: RunJob, ticks: Any) -> JobResult:
             ticks.put(done)
             done = 0
 
+    if job.config.agent.ot_method in ("sinkhorn", "auto"):
+        import torch
+
+        # One process per core already: more threads per process only oversubscribe the CPU.
+        torch.set_num_threads(1)
     result = run_job(job, report)
     if done:
         ticks.put(done)

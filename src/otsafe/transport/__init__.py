@@ -3,6 +3,10 @@
 ``ot_plan`` and ``wasserstein`` solve a single problem with POT; ``ExactOT`` re-solves problems on a
 fixed cost; ``GridExactOT`` solves grid problems with the squared Euclidean cost exactly on a
 tripartite network, several times faster (see :mod:`otsafe.transport.tripartite`).
+
+At scale (10^4 - 10^6 cells), ``grid_plan`` / ``grid_wasserstein`` switch to ``GridSinkhorn``, a
+log-domain Sinkhorn with separable kernels on CPU or CUDA that never forms the n x n cost or plan
+(see :mod:`otsafe.transport.grid_sinkhorn`).
 """
 
 from __future__ import annotations
@@ -15,15 +19,31 @@ from otsafe.transport.exact import (
     ot_plan,
     wasserstein,
 )
+from otsafe.transport.grid import (
+    AUTO_EXACT_MAX_CELLS,
+    ExactGridPlan,
+    GridOTPlan,
+    grid_plan,
+    grid_wasserstein,
+)
+from otsafe.transport.grid_sinkhorn import GridSinkhorn, GridSinkhornPlan, SinkhornInfo
 from otsafe.transport.tripartite import GridExactOT, GridPlan
 
 __all__ = [
+    "AUTO_EXACT_MAX_CELLS",
+    "ExactGridPlan",
     "ExactOT",
     "GridExactOT",
+    "GridOTPlan",
     "GridPlan",
+    "GridSinkhorn",
+    "GridSinkhornPlan",
     "OTSolution",
+    "SinkhornInfo",
     "check_marginals",
     "grid_coordinates",
+    "grid_plan",
+    "grid_wasserstein",
     "ot_plan",
     "sqeuclidean_cost",
     "wasserstein",

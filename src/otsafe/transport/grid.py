@@ -1,0 +1,204 @@
+r"""One entry point for optimal transport between histograms on a grid: exact or entropic.
+
+:func:`grid_plan` returns a plan that answers :math:`T^*(s, s')` for any pairs of cells (flat
+row-major indices), in particular the neighbour transitions OT-Q needs, without materialising the
+:math:`n \times n` plan; :func:`grid_wasserstein` returns :math:`W_2`.
+
+``method="exact"``
+    The min-cost flow on the tripartite grid network (:class:`~otsafe.transport.GridExactOT`),
+    restricted to the cells that carry mass. Exact, and the fastest exact solver otsafe has on
+    grids; its cost grows roughly quadratically with the number of cells (about 0.4 s at
+    2,500 cells and 16 s at 10,000 on a 2-core CPU, ``docs/benchmarks.md``).
+``method="sinkhorn"``
+    Log-domain Sinkhorn with separable kernels (:class:`~otsafe.transport.GridSinkhorn`): an
+    entropic plan that blurs the exact one over about :math:`\sqrt{\varepsilon}` cells; its
+    transport cost :math:`\langle T_\varepsilon, c\rangle` exceeds :math:`W_2^2` by about
+    :math:`\varepsilon` per unit mass on smooth densities. Runs on CPU or CUDA.
+``method="auto"``
+    Exact up to :data:`AUTO_EXACT_MAX_CELLS` cells with mass, Sinkhorn above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from otsafe.errors import ConfigError, DistributionError
+from otsafe.transport.costs import grid_coordinates
+from otsafe.transport.grid_sinkhorn import (
+    GridSinkhorn,
+    GridSinkhornPlan,
+    check_grid_marginals,
+    resolve_device,
+)
+from otsafe.transport.tripartite import GridExactOT, GridPlan
+
+__all__ = [
+    "AUTO_EXACT_MAX_CELLS",
+    "ExactGridPlan",
+    "GridMethod",
+    "GridOTPlan",
+    "grid_plan",
+    "grid_wasserstein",
+]
+
+GridMethod = Literal["auto", "exact", "sinkhorn"]
+
+#: ``method="auto"`` solves exactly up to this many cells with mass (50 x 50): the exact solver
+#: takes about 0.4 s there and grows quadratically, while Sinkhorn at 100 x 100 takes about 0.4 s.
+AUTO_EXACT_MAX_CELLS = 2500
+
+
+@dataclass(frozen=True, eq=False)
+class ExactGridPlan:
+    """An exact optimal plan on a grid, addressed by flat cell indices (see :func:`grid_plan`)."""
+
+    shape: tuple[int, int]
+    support: NDArray[np.int64]  # flat indices of the cells the solver saw (a > 0 or b > 0)
+    plan: GridPlan
+    mass: float
+
+    @property
+    def cost(self) -> float:
+        """:math:`\\langle T^*, c\\rangle = W_2^2` (times the mass)."""
+        return self.plan.cost
+
+    def wasserstein(self, p: float = 2) -> float:
+        """:math:`W_2` for ``p = 2`` (the cost is squared Euclidean)."""
+        return float(max(self.cost, 0.0) ** (1.0 / p))
+
+    def at(self, i: ArrayLike, j: ArrayLike) -> NDArray[np.float64]:
+        """:math:`T^*(i, j)` for arrays of flat source and target cell indices."""
+        n = self.shape[0] * self.shape[1]
+        ii = np.asarray(i, dtype=np.int64)
+        jj = np.asarray(j, dtype=np.int64)
+        if ii.shape != jj.shape:
+            raise DistributionError(f"i and j must have the same shape, got {ii.shape}, {jj.shape}")
+        if ii.size and (min(ii.min(), jj.min()) < 0 or max(ii.max(), jj.max()) >= n):
+            raise DistributionError(f"cell indices must lie in [0, {n})")
+        pos = np.full(n, -1, dtype=np.int64)
+        pos[self.support] = np.arange(self.support.size)
+        pi, pj = pos[ii], pos[jj]
+        inside = (pi >= 0) & (pj >= 0)
+        out = np.zeros(ii.shape)
+        out[inside] = self.plan.at(pi[inside], pj[inside])
+        return out
+
+
+GridOTPlan = ExactGridPlan | GridSinkhornPlan
+
+
+def grid_plan(
+    a: ArrayLike,
+    b: ArrayLike,
+    method: GridMethod = "auto",
+    *,
+    shape: tuple[int, int] | None = None,
+    epsilon: float = 1.0,
+    tol: float = 1e-3,
+    max_iter: int = 10_000,
+    device: Any = None,
+    dtype: Any = "float64",
+    strict: bool = True,
+    warm_start: GridSinkhornPlan | None = None,
+) -> GridOTPlan:
+    r"""Optimal transport plan between two histograms on the same grid (squared Euclidean cost).
+
+    Parameters
+    ----------
+    a, b : array-like
+        Source and target histograms of equal mass: ``(H, W)`` arrays, or flat ``(H*W,)`` arrays
+        with ``shape``.
+    method : {"auto", "exact", "sinkhorn"}
+        See the module docstring.
+    epsilon, tol, max_iter, device, dtype, strict, warm_start
+        Passed to :class:`~otsafe.transport.GridSinkhorn` (ignored by the exact solver; a
+        ``device`` other than the CPU with ``method="exact"`` is an error).
+
+    Returns
+    -------
+    ExactGridPlan or GridSinkhornPlan
+        Both have ``at(i, j)`` (flat cell indices), ``cost`` (:math:`\langle T, c\rangle`) and
+        ``wasserstein(p=2)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.zeros((4, 4)); a[0, 0] = 1.0
+    >>> b = np.zeros((4, 4)); b[0, 1] = b[1, 0] = 0.5
+    >>> plan = grid_plan(a, b)  # small: solved exactly
+    >>> float(plan.at(0, 1)), plan.cost
+    (0.5, 1.0)
+    """
+    a_np, b_np, grid_shape = check_grid_marginals(a, b, shape)
+    if method not in ("auto", "exact", "sinkhorn"):
+        raise ConfigError(f"method must be auto, exact or sinkhorn, got {method!r}")
+    support = np.flatnonzero((a_np.ravel() > 0) | (b_np.ravel() > 0))
+    if method == "auto":
+        method = "exact" if support.size <= AUTO_EXACT_MAX_CELLS else "sinkhorn"
+    if method == "exact":
+        if device is not None and _device_type(device) != "cpu":
+            raise ConfigError("method='exact' runs on the CPU only; use method='sinkhorn' on a GPU")
+        cells = grid_coordinates(grid_shape)[support]
+        plan = GridExactOT(cells).solve(a_np.ravel()[support], b_np.ravel()[support])
+        return ExactGridPlan(shape=grid_shape, support=support, plan=plan, mass=float(a_np.sum()))
+    solver = GridSinkhorn(
+        grid_shape,
+        epsilon=epsilon,
+        tol=tol,
+        max_iter=max_iter,
+        device=device,
+        dtype=dtype,
+        strict=strict,
+    )
+    return solver.solve(a_np, b_np, warm_start=warm_start)
+
+
+def _device_type(device: Any) -> str:
+    """``"cpu"``/``"cuda"`` of a device spec, without requiring the device to exist."""
+    import torch
+
+    try:
+        return str(torch.device(device).type)
+    except (RuntimeError, TypeError):
+        return resolve_device(device).type  # raises the named error
+
+
+def grid_wasserstein(
+    a: ArrayLike,
+    b: ArrayLike,
+    method: GridMethod = "auto",
+    *,
+    debiased: bool = False,
+    **kwargs: Any,
+) -> float:
+    r""":math:`W_2(a, b)` on a grid (cell units), exact or from the entropic plan.
+
+    With ``method="sinkhorn"`` the estimate is :math:`\langle T_\varepsilon, c\rangle^{1/2}`, or
+    with ``debiased=True`` the square root of the Sinkhorn divergence
+    :math:`S_\varepsilon = \mathrm{OT}_\varepsilon(a, b) - \tfrac12 \mathrm{OT}_\varepsilon(a, a)
+    - \tfrac12 \mathrm{OT}_\varepsilon(b, b)` (Genevay et al. 2018; Feydy et al. 2019), whose
+    error in :math:`W_2^2` is :math:`O(\varepsilon^2)` for smooth densities (three solves).
+    Other keyword arguments go to :func:`grid_plan`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.zeros((3, 3)); a[0, 0] = 1.0
+    >>> b = np.zeros((3, 3)); b[2, 0] = 1.0
+    >>> grid_wasserstein(a, b)
+    2.0
+    """
+    plan = grid_plan(a, b, method, **kwargs)
+    if not debiased or isinstance(plan, ExactGridPlan):
+        return plan.wasserstein(p=2)
+    kwargs.pop("warm_start", None)
+    self_a = grid_plan(a, a, "sinkhorn", **kwargs)
+    self_b = grid_plan(b, b, "sinkhorn", **kwargs)
+    assert isinstance(self_a, GridSinkhornPlan)
+    assert isinstance(self_b, GridSinkhornPlan)
+    div = plan.dual_value - 0.5 * (self_a.dual_value + self_b.dual_value)
+    return float(max(div, 0.0) ** 0.5)
