@@ -499,3 +499,278 @@ def test_truncated_without_max_steps_raises():
 def test_unknown_mode_raises(mode):
     with pytest.raises(ChainError, match="unknown state-distribution mode"):
         policy_state_distribution(parse_map(SMALL_MAP), _uniform(9), mode=mode)
+
+
+# ------------------------------------------------------------- large maps (issue: P^pi at scale)
+def _open_grid(h: int, w: int, obstacle_seed: int | None = None):
+    """An H x W GridMap, start (0, 0), goal (H-1, W-1); optionally ~20% rectangular obstacles."""
+    from otsafe.envs.gridmap import GridMap
+
+    obstacles = np.zeros((h, w), dtype=bool)
+    if obstacle_seed is not None:
+        rng = np.random.default_rng(obstacle_seed)
+        while obstacles.mean() < 0.2:
+            rh, rw = rng.integers(1, 6, size=2)
+            r, c = rng.integers(0, h), rng.integers(0, w)
+            obstacles[r : r + rh, c : c + rw] = True
+        obstacles[:2, :2] = False
+        obstacles[-2:, -2:] = False
+    return GridMap(obstacles=obstacles, start=(0, 0), goal=(h - 1, w - 1))
+
+
+def _goal_q(grid) -> np.ndarray:
+    """Q[s, a] = -(shortest-path distance to the goal after the move), by SciPy's BFS."""
+    from scipy.sparse import csgraph, csr_array
+
+    nxt, n = grid.transitions.next_state, grid.n_cells
+    src = np.repeat(np.arange(n), 4)
+    keep = ~grid.obstacles.ravel()[src] & (src != nxt.ravel())
+    adj = csr_array((np.ones(keep.sum()), (src[keep], nxt.ravel()[keep])), shape=(n, n))
+    dist = csgraph.shortest_path(adj, directed=False, unweighted=True, indices=grid.goal_index)
+    return -np.where(np.isfinite(dist), dist, 0.0)[nxt]
+
+
+def _noisy_goal_policy(grid, eps: float, seed: int = 0, noise: float = 0.3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return epsilon_greedy_policy(_goal_q(grid) + noise * rng.normal(size=(grid.n_cells, 4)), eps)
+
+
+@pytest.mark.parametrize("obstacle_seed", [None, 3])
+@pytest.mark.parametrize("eps", [1.0, 0.2])
+def test_lu_solver_agrees_with_banded_and_spsolve_on_80x80(obstacle_seed, eps):
+    grid = _open_grid(80, 80, obstacle_seed)
+    model = ChainModel.from_grid(grid)
+    assert model.bandwidth > 64  # "auto" picks "lu" here
+    assert model.transient.size > 4096
+    pi = _noisy_goal_policy(grid, eps, seed=11)
+    got = model.state_distribution(pi)
+    info = model.last_solve
+    assert info is not None
+    assert (info.mode, info.method, info.device) == ("visits", "lu", "numpy")
+    assert info.residual <= 1e-10
+    # (The banded LU of a width-80 band is the slow one, so it is checked on the open map only.)
+    for solver in ("spsolve", "banded") if obstacle_seed is None else ("spsolve",):
+        ref = model.state_distribution(pi, solver=solver)
+        assert model.last_solve is not None
+        assert model.last_solve.method == solver
+        assert np.abs(got - ref).sum() <= 1e-11
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-16)
+    assert got.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_array_equal(got[grid.obstacles.ravel()], 0.0)
+
+
+def test_auto_solver_keeps_the_small_map_paths():
+    pi_for = lambda grid: _uniform(grid.n_cells)  # noqa: E731
+    for grid, method in (
+        (load_map("paper"), "banded"),
+        (load_map("maze50"), "banded"),
+        (parse_map(WIDE_MAP), "spsolve"),
+        (_open_grid(70, 70), "lu"),
+    ):
+        model = ChainModel.from_grid(grid)
+        model.state_distribution(pi_for(grid))
+        assert model.last_solve is not None
+        assert model.last_solve.method == method
+
+
+def test_lu_solver_on_the_support_of_a_greedy_policy():
+    # Greedy shortest path (epsilon = 0, down/right ties): zero-probability actions, so the solve
+    # runs on the cells the policy visits (all 4900 here, above the spsolve threshold).
+    grid = _open_grid(70, 70)
+    model = ChainModel.from_grid(grid)
+    pi = epsilon_greedy_policy(_goal_q(grid), 0.0)
+    got = model.state_distribution(pi)
+    assert model.last_solve is not None
+    assert model.last_solve.method == "lu"
+    ref = model.state_distribution(pi, solver="spsolve")
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-16)
+    # Every episode takes 138 moves: 139 states, one visit to each cell on the way.
+    assert got.sum() == pytest.approx(1.0)
+    assert got[0] == pytest.approx(1 / 139)
+
+
+def test_lu_solver_raises_when_the_residual_tolerance_cannot_be_met():
+    grid = _open_grid(70, 70)
+    with pytest.raises(ChainError, match=r"relative residual .* > tol=1e-300"):
+        policy_state_distribution(grid, _uniform(grid.n_cells), tol=1e-300)
+
+
+def test_nested_dissection_is_a_postorder_permutation():
+    grid = _open_grid(37, 23, obstacle_seed=5)
+    model = ChainModel.from_grid(grid)
+    order = model._nd_order()
+    np.testing.assert_array_equal(np.sort(order), np.arange(model.transient.size))
+    np.testing.assert_array_equal(model._nd_order(), order)  # cached
+    # The top separator is numbered last: all cells of the sparsest row in the middle half of the
+    # 37 rows (9..27; ties go to the row nearest the middle, 18).
+    rows = model.transient // grid.shape[1]
+    assert rows.min() == 0
+    assert rows.max() == 36
+    per_row = np.bincount(rows, minlength=37)
+    window = np.arange(9, 28)
+    best = window[np.lexsort((np.abs(window - 18), per_row[window]))[0]]
+    n_sep = int(per_row[best])
+    assert np.all(rows[order[-n_sep:]] == best)
+    assert not np.any(rows[order[:-n_sep]] == best)
+    assert per_row[best] < per_row[18]  # obstacles made a sparser row than the middle one
+
+
+def test_large_map_truncated_recursion_matches_a_reference():
+    grid = _open_grid(70, 70, obstacle_seed=8)
+    model = ChainModel.from_grid(grid)
+    pi = _noisy_goal_policy(grid, 0.3)
+    got = model.state_distribution(pi, mode="truncated", max_steps=300)
+    # Reference: the recursion on the full H*W grid; the goal row is empty, so the mass entering
+    # the goal is counted once (an arrival) and then leaves the chain.
+    import scipy.sparse as sp
+
+    nxt, n = grid.transitions.next_state, grid.n_cells
+    free = np.flatnonzero(~grid.obstacles.ravel() & (np.arange(n) != grid.goal_index))
+    p_t = sp.csr_array((pi[free].ravel(), (nxt[free].ravel(), np.repeat(free, 4))), shape=(n, n))
+    d = np.zeros(n)
+    d[grid.start_index] = 1.0
+    visits = d.copy()
+    for _ in range(300):
+        d = p_t @ d
+        visits += d
+    np.testing.assert_allclose(got, visits / visits.sum(), rtol=1e-10, atol=1e-18)
+
+
+# ------------------------------------------------------------------------------ torch path
+@pytest.fixture
+def torch_single_thread():
+    """Torch CPU ops on one thread: tiny sparse mat-vecs only lose to thread synchronisation
+    (badly so on a busy 2-core machine). Restored afterwards."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("text", "eps", "noise", "method"),
+    [
+        ("paper", 0.3, 0.3, "series"),
+        ("paper", 0.4, 1.0, "series+bicgstab"),  # a noisy greedy field: slower to the goal
+        ("paper", 1.0, 0.0, "series+bicgstab"),  # uniform: diffusive, the series alone is slow
+        ("obstacles30", 0.2, 0.3, "series"),
+        ("obstacles30", 1.0, 0.0, "series+bicgstab"),
+    ],
+)
+@pytest.mark.usefixtures("torch_single_thread")
+def test_torch_cpu_visits_agree_with_numpy(text, eps, noise, method):
+    grid = load_map(text) if text == "paper" else _open_grid(30, 30, obstacle_seed=2)
+    model = ChainModel.from_grid(grid)
+    pi = _noisy_goal_policy(grid, eps, seed=5, noise=noise)
+    ref = model.state_distribution(pi)
+    got = model.state_distribution(pi, device="cpu", tol=1e-12)
+    info = model.last_solve
+    assert info is not None
+    assert (info.method, info.device) == (method, "cpu")
+    assert info.residual <= 1e-12
+    assert got.dtype == np.float64
+    assert np.abs(got - ref).sum() <= 1e-10
+    np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-14)
+    # The default tolerance, 1e-10, also agrees to about 1e-10 relative.
+    torch = pytest.importorskip("torch")
+    loose = model.state_distribution(pi, device=torch.device("cpu"))
+    assert np.abs(loose - ref).sum() <= 1e-9
+
+
+@pytest.mark.parametrize("horizon", [1, 7, 300])
+@pytest.mark.usefixtures("torch_single_thread")
+def test_torch_cpu_truncated_agrees_with_numpy(horizon):
+    grid = _open_grid(30, 30, obstacle_seed=4)
+    model = ChainModel.from_grid(grid)
+    pi = _noisy_goal_policy(grid, 0.25)
+    ref = model.state_distribution(pi, mode="truncated", max_steps=horizon)
+    got = model.state_distribution(pi, mode="truncated", max_steps=horizon, device="cpu")
+    assert model.last_solve is not None
+    assert model.last_solve.method == "recursion"
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-18)
+
+
+@pytest.mark.usefixtures("torch_single_thread")
+def test_torch_cpu_policies_with_zero_probability_actions():
+    # Deterministic detour (see test_trap_in_a_cell_the_policy_never_visits_is_harmless).
+    pi = np.zeros((9, 4))
+    pi[:, 2] = 1.0
+    pi[[2, 5]] = [0.0, 1.0, 0.0, 0.0]
+    pi[3] = [0.0, 0.0, 0.0, 1.0]
+    got = policy_state_distribution(parse_map("S..\n...\n..G"), pi, device="cpu")
+    np.testing.assert_allclose(got, [0.2, 0.2, 0.2, 0, 0, 0.2, 0, 0, 0.2], atol=1e-15)
+    # A trap the policy reaches: same ChainError as the NumPy path.
+    q = np.zeros((9, 4))
+    q[:, 0] = 1.0
+    with pytest.raises(ChainError, match="never reaches the goal"):
+        policy_state_distribution(parse_map(SMALL_MAP), epsilon_greedy_policy(q, 0.0), device="cpu")
+
+
+@pytest.mark.usefixtures("torch_single_thread")
+def test_torch_visits_report_an_exhausted_iteration_budget():
+    grid = _open_grid(30, 30)
+    with pytest.raises(ChainError, match=r"relative residual .* after \d+ matrix-vector products"):
+        policy_state_distribution(grid, _uniform(grid.n_cells), device="cpu", max_iter=40)
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA device (torch.cuda)"
+)
+@pytest.mark.parametrize("eps", [1.0, 0.2])
+def test_cuda_agrees_with_numpy(eps):
+    grid = _open_grid(60, 60, obstacle_seed=1)
+    model = ChainModel.from_grid(grid)
+    pi = _noisy_goal_policy(grid, eps)
+    ref = model.state_distribution(pi)
+    got = model.state_distribution(pi, device="cuda", tol=1e-12)
+    assert model.last_solve is not None
+    assert model.last_solve.device.startswith("cuda")
+    assert np.abs(got - ref).sum() <= 1e-10
+    ref_t = model.state_distribution(pi, mode="truncated", max_steps=150)
+    got_t = model.state_distribution(pi, mode="truncated", max_steps=150, device="cuda")
+    np.testing.assert_allclose(got_t, ref_t, rtol=1e-12, atol=1e-18)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"device": "gpu"}, r"device must be 'cpu', 'cuda'.* got 'gpu'"),
+        ({"device": "cuda:x"}, r"device must be 'cpu', 'cuda'.* got 'cuda:x'"),
+        ({"device": 3.5}, r"device must be 'cpu', 'cuda'.* got 3.5"),
+        ({"device": "meta"}, r"device must be a CPU or CUDA device, got 'meta'"),
+        ({"solver": "cholesky"}, r"solver must be 'auto', 'banded', 'spsolve' or 'lu'"),
+        ({"solver": "lu", "device": "cpu"}, r"solver='lu' .* device='cpu'"),
+        ({"tol": 0.0}, r"tol must be a number in \(0, 1\)"),
+        ({"tol": float("nan")}, r"tol must be a number in \(0, 1\)"),
+        ({"max_iter": 0}, r"max_iter must be a positive integer"),
+        ({"max_iter": 2.5}, r"max_iter must be a positive integer"),
+    ],
+)
+def test_bad_solver_arguments_raise(kwargs, pattern):
+    with pytest.raises(ChainError, match=pattern):
+        policy_state_distribution(parse_map(SMALL_MAP), _uniform(9), **kwargs)
+
+
+def test_unavailable_cuda_raises_a_named_error():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is available")
+    with pytest.raises(ChainError, match=r"device='cuda' was requested but no CUDA device"):
+        policy_state_distribution(parse_map(SMALL_MAP), _uniform(9), device="cuda")
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+@pytest.mark.parametrize("mode", ["visits", "truncated"])
+@pytest.mark.usefixtures("torch_single_thread")
+def test_large_map_paths_are_deterministic(device, mode):
+    grid = _open_grid(70, 70, obstacle_seed=6)
+    pi = _noisy_goal_policy(grid, 0.5)
+    model = ChainModel.from_grid(grid)
+    first = model.state_distribution(pi, mode=mode, max_steps=200, device=device)
+    again = model.state_distribution(pi, mode=mode, max_steps=200, device=device)
+    fresh = ChainModel.from_grid(grid).state_distribution(
+        pi, mode=mode, max_steps=200, device=device
+    )
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, fresh)

@@ -50,6 +50,10 @@ from otsafe.transport.tripartite import GridExactOT, GridPlan
 
 __all__ = ["EpisodeMetrics", "OTMethod", "OTQLearning", "QLearning", "StateDistribution"]
 
+# Relative residual required of the large-map P^pi solves (otsafe.markov): late, nearly greedy
+# policies on rooms100 reach 1e-10 only just, and 1e-8 is far below what the plan can resolve.
+_CHAIN_TOL = 1e-8
+
 StateDistribution = Literal["visits", "truncated", "empirical"]
 OTMethod = Literal["tripartite", "dense", "sinkhorn", "auto"]
 
@@ -194,6 +198,8 @@ class QLearning:
             big = self._support.size > AUTO_EXACT_MAX_CELLS
             ot_method = "sinkhorn" if big else "tripartite"
         self.ot_method: OTMethod = ot_method
+        # On a GPU, P^pi is computed there too (otsafe.markov's torch path); else with SciPy.
+        self._chain_device = None if str(ot_device).startswith("cpu") else ot_device
         self._ot: GridExactOT | ExactOT | GridSinkhorn
         if ot_method == "sinkhorn":
             # On the whole H x W grid: P^pi and P^s are zero off the reachable cells.
@@ -323,7 +329,11 @@ class QLearning:
                 p_pi, plan = self.last_state_distribution, self.last_plan
             else:
                 p_pi = self._chain.state_distribution(
-                    policy, mode=self.state_distribution, max_steps=self.env.max_steps
+                    policy,
+                    mode=self.state_distribution,
+                    max_steps=self.env.max_steps,
+                    tol=_CHAIN_TOL,
+                    device=self._chain_device,
                 )
                 plan = self._solve_ot(p_pi)
             self._last_policy = policy
