@@ -47,7 +47,7 @@ a CPU at 100 x 100, so each axis pass here is a **block-stabilised matrix produc
 
 one batched matrix product per block (BLAS / cuBLAS) and only :math:`W^2` exponentials per block.
 Both factors are at most 1. Factors below :math:`e^{-340}` (:math:`e^{-42}` in float32) are set
-to zero, so no product is a subnormal number (subnormal arithmetic is about 100x slower on x86),
+to zero, so no product is a subnormal number (products over subnormals ran 20x slower here),
 and a dropped term is below :math:`e^{-340}`. A sum is trusted when it is at least
 :math:`n_{in}\, e^{-340 + 37}` (:math:`e^{17}` in float32), i.e. the dropped terms are below the
 rounding error; rows with an untrusted entry are recomputed with blocks four times smaller, down
@@ -106,7 +106,7 @@ __all__ = ["GridSinkhorn", "GridSinkhornPlan", "SinkhornInfo", "check_grid_margi
 
 _MASS_RTOL = 1e-9
 # Factors below exp(-CUTOFF) are set to zero before the products, so that no product is a
-# subnormal number (subnormal arithmetic runs about 100x slower on x86 CPUs); a lost term is then
+# subnormal number (a batched product over subnormals ran 20x slower here); a lost term is then
 # below exp(-CUTOFF), and a block sum is trusted when it is at least exp(-CUTOFF + MARGIN), MARGIN
 # covering the number of terms and the precision (rounding 1e-16 in float64, 1e-7 in float32).
 _CUTOFF = {8: 340.0, 4: 42.0}  # by itemsize
@@ -116,7 +116,7 @@ _DIVERGED = 10.0  # error above this multiple of the best one: over-relaxation h
 _STALLED = 100  # iterations without a new best error: over-relaxation oscillates
 _WARM_BUDGET = 25  # iterations a warm start gets before the solver starts afresh
 _GROW_AFTER = 32  # clean passes before a larger block is tried
-_CHUNK_ELEMENTS = 1 << 24  # bound on temporaries of a dense pass (elements)
+_CHUNK_ELEMENTS = 1 << 24  # bound on the kernel temporaries of one axis pass (elements)
 
 
 def check_grid_marginals(
