@@ -50,8 +50,8 @@ from otsafe.transport.tripartite import GridExactOT, GridPlan
 
 __all__ = ["EpisodeMetrics", "OTMethod", "OTQLearning", "QLearning", "StateDistribution"]
 
-# Relative residual required of the large-map P^pi solves (otsafe.markov): late, nearly greedy
-# policies on rooms100 reach 1e-10 only just, and 1e-8 is far below what the plan can resolve.
+# Backward error required of the large-map P^pi solves (otsafe.markov): late, nearly greedy
+# policies are ill-conditioned, and 1e-8 is far below what the OT plan can resolve.
 _CHAIN_TOL = 1e-8
 
 StateDistribution = Literal["visits", "truncated", "empirical"]
