@@ -53,8 +53,9 @@ Solvers for ``mode="visits"`` (``solver=``, NumPy/SciPy on the CPU)
     :math:`\eta = \lVert r \rVert_\infty / (\lVert A \rVert_\infty \lVert n \rVert_\infty + 1)`
     with :math:`r = e_0 - A n`, :math:`A = (I - Q)^\top`, must be at most ``tol`` (default
     ``1e-10``; OT-Q passes ``1e-8``). A residual relative to :math:`\lVert e_0 \rVert = 1` alone
-    is too strict: nearly greedy policies have expected visits up to :math:`10^8`, where a
-    residual of 1e-7 is still at rounding level (measured on ``rooms100`` in OT-Q). Up to three
+    is too strict: nearly greedy policies can have very large expected visits, and rounding then
+    leaves a residual far above 1e-10 (OT-Q's ``rooms100`` preset stopped at 1.5e-7 with that
+    check). Up to three
     steps of iterative refinement with the same factors are taken if it is not met, and
     :class:`~otsafe.errors.ChainError` is raised if it still is not (a policy that practically
     never reaches the goal). The residual is recorded in
