@@ -21,16 +21,18 @@ row-major indices), in particular the neighbour transitions OT-Q needs, without 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from otsafe.errors import ConfigError, DistributionError
+from otsafe.errors import ConfigError
 from otsafe.transport.costs import grid_coordinates
 from otsafe.transport.grid_sinkhorn import (
     GridSinkhorn,
     GridSinkhornPlan,
+    check_cell_pairs,
     check_grid_marginals,
     resolve_device,
 )
@@ -70,18 +72,17 @@ class ExactGridPlan:
         """:math:`W_2` for ``p = 2`` (the cost is squared Euclidean)."""
         return float(max(self.cost, 0.0) ** (1.0 / p))
 
+    @cached_property
+    def _positions(self) -> NDArray[np.int64]:
+        """Position of each flat cell in ``support`` (-1 outside it), built once per plan."""
+        pos = np.full(self.shape[0] * self.shape[1], -1, dtype=np.int64)
+        pos[self.support] = np.arange(self.support.size)
+        return pos
+
     def at(self, i: ArrayLike, j: ArrayLike) -> NDArray[np.float64]:
         """:math:`T^*(i, j)` for arrays of flat source and target cell indices."""
-        n = self.shape[0] * self.shape[1]
-        ii = np.asarray(i, dtype=np.int64)
-        jj = np.asarray(j, dtype=np.int64)
-        if ii.shape != jj.shape:
-            raise DistributionError(f"i and j must have the same shape, got {ii.shape}, {jj.shape}")
-        if ii.size and (min(ii.min(), jj.min()) < 0 or max(ii.max(), jj.max()) >= n):
-            raise DistributionError(f"cell indices must lie in [0, {n})")
-        pos = np.full(n, -1, dtype=np.int64)
-        pos[self.support] = np.arange(self.support.size)
-        pi, pj = pos[ii], pos[jj]
+        ii, jj = check_cell_pairs(i, j, self.shape[0] * self.shape[1])
+        pi, pj = self._positions[ii], self._positions[jj]
         inside = (pi >= 0) & (pj >= 0)
         out = np.zeros(ii.shape)
         out[inside] = self.plan.at(pi[inside], pj[inside])

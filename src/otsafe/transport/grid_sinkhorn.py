@@ -158,6 +158,19 @@ def check_grid_marginals(
     return a_arr, b_arr, (int(hh), int(ww))
 
 
+def check_cell_pairs(
+    i: ArrayLike, j: ArrayLike, n: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Flat cell indices ``i``, ``j`` of a plan query as int64 arrays of one shape in ``[0, n)``."""
+    ii = np.asarray(i, dtype=np.int64)
+    jj = np.asarray(j, dtype=np.int64)
+    if ii.shape != jj.shape:
+        raise DistributionError(f"i and j must have the same shape, got {ii.shape}, {jj.shape}")
+    if ii.size and (min(ii.min(), jj.min()) < 0 or max(ii.max(), jj.max()) >= n):
+        raise DistributionError(f"cell indices must lie in [0, {n})")
+    return ii, jj
+
+
 def resolve_device(device: Any) -> torch.device:
     """A ``torch.device`` from ``None``/``"cpu"``/``"cuda"``/``"cuda:1"``/a device; named errors."""
     import torch
@@ -362,13 +375,7 @@ class GridSinkhornPlan:
         """:math:`T(i, j)` for arrays of flat source indices ``i`` and target indices ``j``."""
         import torch
 
-        n = self.shape[0] * self.shape[1]
-        ii = np.asarray(i, dtype=np.int64)
-        jj = np.asarray(j, dtype=np.int64)
-        if ii.shape != jj.shape:
-            raise DistributionError(f"i and j must have the same shape, got {ii.shape}, {jj.shape}")
-        if ii.size and (min(ii.min(), jj.min()) < 0 or max(ii.max(), jj.max()) >= n):
-            raise DistributionError(f"cell indices must lie in [0, {n})")
+        ii, jj = check_cell_pairs(i, j, self.shape[0] * self.shape[1])
         w = self.shape[1]
         dev = self.f.device
         ti = torch.as_tensor(ii.ravel(), device=dev)
