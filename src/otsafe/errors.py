@@ -14,8 +14,11 @@ __all__ = [
     "DistributionError",
     "MapError",
     "OtsafeError",
+    "ReportError",
+    "ResumeError",
     "RunDirectoryError",
     "SafetyValuesError",
+    "SweepError",
 ]
 
 
@@ -49,3 +52,17 @@ class ConvergenceError(OtsafeError):
 
 class RunDirectoryError(OtsafeError):
     """An output directory cannot be used for a run."""
+
+
+class ResumeError(RunDirectoryError):
+    """A run cannot be resumed: no interrupted run there, not a run directory, or its config
+    differs from the one given."""
+
+
+class SweepError(OtsafeError):
+    """A sweep file or sweep directory is invalid (unknown keys, empty grids, a different sweep
+    in the directory, an unreachable Ray cluster)."""
+
+
+class ReportError(OtsafeError):
+    """A report cannot be made: no runs found, or a run directory is incomplete or unreadable."""
