@@ -383,7 +383,12 @@ def test_overwrite_replaces_existing_run_directory(
     assert code == 0, err
     assert not (out / "junk.txt").exists()
     assert len(read_rows(out / "metrics.csv")[1]) == 2 * 6
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging or trash left
 
 

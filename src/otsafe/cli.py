@@ -61,6 +61,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override any config value, e.g. --set agent.beta=50 (repeatable)",
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run of --out from its checkpoints (same preset and "
+        "overrides)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
 
@@ -96,6 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config,
         args.out,
         overwrite=args.overwrite,
+        resume=args.resume,
         progress=not args.no_progress,
         figures=not args.no_figures,
     )
@@ -123,6 +130,7 @@ def _run_dsrl(config: Any, args: argparse.Namespace) -> int:
         config,
         args.out,
         overwrite=args.overwrite,
+        resume=args.resume,
         progress=not args.no_progress,
         figures=not args.no_figures,
     )
@@ -176,6 +184,22 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted_message(args: argparse.Namespace) -> str:
+    out = getattr(args, "out", None)
+    if args.command == "run" and out is not None:
+        from otsafe.experiments.rundir import staging_path
+
+        staging = staging_path(Path(out).resolve())
+        if (staging / "checkpoints").is_dir():
+            return (
+                f"interrupted; checkpoints kept in {staging}; continue with the same command "
+                "and --resume"
+            )
+    if args.command == "sweep":
+        return "interrupted; run the same sweep command again to continue"
+    return "interrupted; no run directory was written"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``otsafe`` command; returns the exit status."""
     args = _build_parser().parse_args(argv)
@@ -189,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"otsafe: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("otsafe: interrupted; no run directory was written", file=sys.stderr)
+        print(f"otsafe: {_interrupted_message(args)}", file=sys.stderr)
         return 130
 
 

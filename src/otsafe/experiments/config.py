@@ -74,6 +74,10 @@ class ExperimentConfig(_Strict):
         description="device of the grid Sinkhorn solver (agent.ot_method sinkhorn/auto); the "
         "tabular agent itself runs on the CPU",
     )
+    checkpoint_every: int = Field(
+        50, ge=0, description="episodes between checkpoints of each job; 0 = only at the end"
+    )
+    tensorboard: bool = Field(False, description="log every episode to TensorBoard")
     convergence_window: int = Field(20, ge=1)
     convergence_tail: int = Field(50, ge=1)
     convergence_tolerance: float = Field(0.1, gt=0)
@@ -114,7 +118,12 @@ class AgentConfig(_Strict):
     epsilon_start: float = Field(1.0, ge=0, le=1)
     epsilon_decay: float = Field(0.99, gt=0, le=1)
     epsilon_min: float = Field(0.01, ge=0, le=1)
-    beta: float = Field(OTQLearning.DEFAULT_BETA, gt=0, allow_inf_nan=False)
+    beta: float = Field(
+        OTQLearning.DEFAULT_BETA,
+        ge=0,
+        allow_inf_nan=False,
+        description="OT bonus weight of ot-q; 0 makes ot-q plain Q-learning (sweeps)",
+    )
     state_distribution: Literal["visits", "truncated", "empirical"] = "visits"
     ot_method: Literal["tripartite", "dense", "sinkhorn", "auto"] = Field(
         "tripartite",
@@ -249,6 +258,10 @@ def resolve_config(
         data = apply_overrides(data, {k: v for k, v in shortcuts.items() if v is not None})
     data = apply_overrides(data, dict(parse_set(s) for s in sets))
     config = validate_config(data)
+    if config.experiment.tensorboard:
+        from otsafe.experiments.tensorboard import check_tensorboard
+
+        check_tensorboard()
     if config.experiment.device == "cuda":
         import torch
 

@@ -50,6 +50,10 @@ class DSRLExperiment(_Strict):
     eval_episodes: int = Field(10, ge=1, description="episodes per evaluation distribution")
     workers: int = Field(0, ge=0, description="parallel processes; 0 = one per CPU core")
     device: Literal["cpu", "cuda"] = "cpu"
+    checkpoint_every: int = Field(
+        10, ge=0, description="training episodes between checkpoints of each job; 0 = at the end"
+    )
+    tensorboard: bool = Field(False, description="log every training episode to TensorBoard")
 
     @field_validator("methods")
     @classmethod

@@ -26,22 +26,19 @@ The run directory (staged, then moved into place as for OT-Q) holds:
 from __future__ import annotations
 
 import csv
-import json
 import math
-import platform
-import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import otsafe
+from otsafe.experiments.checkpoint import JobContext, train_with_checkpoints
 from otsafe.experiments.dsrl_config import SAFETY_MODE, DSRLConfig
-from otsafe.experiments.runner import default_workers, prepare_run_dir
+from otsafe.experiments.execution import execute_run
 from otsafe.experiments.stats import mean_ci
+from otsafe.experiments.tensorboard import episode_logger
 
 __all__ = ["DSRLJob", "DSRLResult", "run_dsrl", "run_dsrl_job"]
 
@@ -250,28 +247,46 @@ def worst_direction_hook(agent: Any, delta: float, base_dist: Any) -> Callable[.
 
 
 # ------------------------------------------------------------------------------------ job
-def run_dsrl_job(job: DSRLJob, progress: Callable[[int], object] | None = None) -> DSRLResult:
-    """Train one agent under p0, then evaluate it under every distribution of the config."""
+def job_key(job: DSRLJob) -> str:
+    """The job's name in checkpoints and logs: ``<method>-seed<k>``."""
+    return f"{job.method}-seed{job.seed}"
+
+
+def run_dsrl_job(job: DSRLJob, ctx: JobContext | None = None) -> DSRLResult:
+    """Train one agent under p0, then evaluate it under every distribution of the config.
+
+    With a checkpoint store in ``ctx``, training resumes from the job's checkpoint and writes
+    new ones; evaluation (deterministic given the trained agent) reruns whole if interrupted.
+    """
     import torch
 
     from otsafe.envs.uncertainty import Gaussian, MeanShift, StudentT
 
-    torch.set_num_threads(1)
+    ctx = ctx or JobContext()
+    key = job_key(job)
     cfg = job.config
+    saved = ctx.load(key)
+    if saved is not None and saved.get("result") is not None:
+        ctx.tick(cfg.experiment.train_episodes)
+        done: DSRLResult = saved["result"]
+        return done
+    torch.set_num_threads(1)
     env = make_env(cfg)
     agent = make_agent(cfg, env, job.method, job.seed)
-    start = time.perf_counter()
-    train: dict[str, list[float]] = {key: [] for key in TRAIN_COLUMNS}
-    steps = 0
-    for episode in range(cfg.experiment.train_episodes):
-        ep_seed = int(np.random.SeedSequence([job.seed, 100, episode]).generate_state(1)[0])
+
+    def episode(k: int) -> dict[str, Any]:
+        ep_seed = int(np.random.SeedSequence([job.seed, 100, k]).generate_state(1)[0])
         m = run_episode(env, agent, ep_seed, train=True)
-        steps += m["length"]
-        for key in TRAIN_COLUMNS:
-            train[key].append(float(m[key]))
-        if progress is not None:
-            progress(1)
-    train_seconds = time.perf_counter() - start
+        return {"episode": k + 1, **{c: float(m[c]) for c in TRAIN_COLUMNS}}
+
+    first = 0 if saved is None else len(saved["rows"])
+    with episode_logger(ctx, key, cfg.experiment.tensorboard, first) as log:
+        rows, train_seconds = train_with_checkpoints(
+            key, agent, cfg.experiment.train_episodes, episode, ctx, saved=saved, on_episode=log
+        )
+    train = {c: [row[c] for row in rows] for c in TRAIN_COLUMNS}
+    steps = int(sum(train["length"]))
+    ctx.check_stop("evaluation")
 
     base = env.unwrapped
     p0 = Gaussian(cfg.env.nominal_mean, cfg.env.nominal_std).with_dim(
@@ -301,9 +316,10 @@ def run_dsrl_job(job: DSRLJob, progress: Callable[[int], object] | None = None) 
                 ).with_dim(p0.dim),
             )
         )
-    rows = []
+    evaluation = []
     trajectories: dict[str, list[list[float]]] = {}
     for name, kind, mult, dist in dists:
+        ctx.check_stop("evaluation")
         hook = None
         if kind == "worst":
             hook = worst_direction_hook(agent, float(dist), p0)
@@ -317,7 +333,7 @@ def run_dsrl_job(job: DSRLJob, progress: Callable[[int], object] | None = None) 
             if record:
                 trajectories[f"{kind}:{mult:g}"] = m["path"]
             episodes.append(m)
-        rows.append(
+        evaluation.append(
             {
                 "distribution": name,
                 "direction": kind,
@@ -333,15 +349,17 @@ def run_dsrl_job(job: DSRLJob, progress: Callable[[int], object] | None = None) 
         )
         base.set_disturbance(p0)
     atoms = _atoms_example(agent, env)
-    return DSRLResult(
+    result = DSRLResult(
         job=job,
         train=train,
-        evaluation=rows,
+        evaluation=evaluation,
         trajectories=trajectories,
         atoms=atoms,
         seconds=train_seconds,
         env_steps=steps,
     )
+    ctx.finished(key, result)
+    return result
 
 
 def _fixed_direction(base: Any, dim: int) -> np.ndarray[Any, Any]:
@@ -377,13 +395,6 @@ def _atoms_example(agent: Any, env: Any) -> dict[str, list[list[float]]]:
     out = probe(state, u_ref)
     worst = out.atoms[0] if out.atoms is not None else layer.nominal_atoms
     return {"nominal": layer.nominal_atoms.cpu().tolist(), "worst": worst.cpu().tolist()}
-
-
-def _job_in_subprocess(job: DSRLJob, ticks: Any) -> DSRLResult:
-    def report(n: int) -> None:
-        ticks.put(n)
-
-    return run_dsrl_job(job, report)
 
 
 # ---------------------------------------------------------------------------------- summary
@@ -470,71 +481,30 @@ def make_jobs(config: DSRLConfig) -> list[DSRLJob]:
     return [DSRLJob(method, seed, config) for method in exp.methods for seed in seeds]
 
 
-def execute(
-    jobs: list[DSRLJob], workers: int, progress: Callable[[int], object] | None
-) -> list[DSRLResult]:
-    if workers <= 1 or len(jobs) <= 1:
-        return [run_dsrl_job(job, progress) for job in jobs]
-    import multiprocessing
-
-    results: dict[int, DSRLResult] = {}
-    with (
-        multiprocessing.Manager() as manager,
-        ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool,
-    ):
-        ticks = manager.Queue()
-        pending: dict[Future[DSRLResult], int] = {
-            pool.submit(_job_in_subprocess, job, ticks): k for k, job in enumerate(jobs)
-        }
-        while pending:
-            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in done:
-                results[pending.pop(fut)] = fut.result()
-            while not ticks.empty():
-                n = ticks.get()
-                if progress is not None:
-                    progress(n)
-    return [results[k] for k in range(len(jobs))]
-
-
 def run_dsrl(
     config: DSRLConfig,
     out: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     figures: bool = True,
+    label: str | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate every (method, seed) of ``config`` into the run directory ``out``."""
-    from tqdm.auto import tqdm
+    """Train and evaluate every (method, seed) of ``config`` into the run directory ``out``.
 
-    run_dir = prepare_run_dir(out, overwrite)
-    staging = run_dir.staging
-    try:
-        jobs = make_jobs(config)
-        workers = max(1, min(config.experiment.workers or default_workers(), len(jobs)))
-        started = time.perf_counter()
-        with tqdm(
-            total=len(jobs) * config.experiment.train_episodes,
-            desc=config.experiment.name,
-            unit="ep",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar:
-            results = execute(jobs, workers, bar.update)
-        wall = time.perf_counter() - started
-        (staging / "config.yaml").write_text(config.to_yaml())
+    Checkpoints, resume and ``label`` as for :func:`otsafe.experiments.runner.run_experiment`.
+    """
+
+    def write_outputs(
+        staging: Path, results: list[DSRLResult], run_info: dict[str, Any]
+    ) -> dict[str, Any]:
         _write_csvs(staging, results)
         summary = summarise(config, results)
         summary["run"] = {
-            "otsafe_version": otsafe.__version__,
+            "label": label or "",
             "preset": config.preset,
             "env": config.env.id,
-            "jobs": len(jobs),
-            "workers": workers,
-            "wall_seconds": wall,
-            "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {default_workers()} CPU cores",
             "device": config.experiment.device,
         }
         if figures:
@@ -542,9 +512,19 @@ def run_dsrl(
 
             (staging / "figures").mkdir()
             write_dsrl_figures(staging / "figures", config, results, make_env(config))
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        run_dir.finalise()
-    except BaseException:
-        run_dir.abandon()
-        raise
-    return summary
+        return summary
+
+    return execute_run(
+        name=config.experiment.name,
+        config=config.model_dump(mode="json"),
+        out=out,
+        jobs=make_jobs(config),
+        job_fn=run_dsrl_job,
+        episodes_per_job=config.experiment.train_episodes,
+        workers=config.experiment.workers,
+        checkpoint_every=config.experiment.checkpoint_every,
+        write_outputs=write_outputs,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+    )

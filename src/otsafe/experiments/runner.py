@@ -9,21 +9,18 @@ looks finished. It holds:
 ``config.yaml``     the fully resolved configuration;
 ``metrics.csv``     one row per (method, seed, episode);
 ``summary.json``    per-method statistics over seeds, the OT-Q vs Q-learning comparison, timing;
-``figures/*.png``   learning curves with confidence bands, heatmaps of P^s and P^pi, the OT plan.
+``figures/*.png``   learning curves with confidence bands, heatmaps of P^s and P^pi, the OT plan;
+``checkpoints/``    the final state of every job's agent (see :mod:`otsafe.experiments.checkpoint`).
+
+Interrupted runs keep their checkpoints and continue with ``resume=True``
+(:mod:`otsafe.experiments.rundir`).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
-import multiprocessing
-import os
-import platform
-import shutil
-import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +28,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-import otsafe
 from otsafe.agents.tabular import QLearning
 from otsafe.envs.gridworld import GridWorld
-from otsafe.errors import RunDirectoryError
+from otsafe.experiments.checkpoint import JobContext, train_with_checkpoints
 from otsafe.experiments.config import OTQConfig, load_safety_values
+from otsafe.experiments.execution import execute_run, run_jobs
 from otsafe.experiments.metrics import METRIC_COLUMNS, convergence_episode
 from otsafe.experiments.stats import mean_ci, relative_reduction
+from otsafe.experiments.tensorboard import episode_logger
 from otsafe.transport.grid_sinkhorn import GridSinkhornPlan
 
 __all__ = ["JobResult", "RunJob", "make_jobs", "run_experiment", "run_job"]
@@ -94,8 +92,24 @@ def make_env(config: OTQConfig) -> GridWorld:
     )
 
 
-def run_job(job: RunJob, progress: Callable[[int], object] | None = None) -> JobResult:
-    """Train one agent and collect its per-episode metrics."""
+def job_key(job: RunJob) -> str:
+    """The job's name in checkpoints and logs: ``<method>-seed<k>``."""
+    return f"{job.method}-seed{job.seed}"
+
+
+def run_job(job: RunJob, ctx: JobContext | None = None) -> JobResult:
+    """Train one agent and collect its per-episode metrics.
+
+    With a checkpoint store in ``ctx``, resumes from the job's checkpoint and writes new ones
+    (see :func:`~otsafe.experiments.checkpoint.train_with_checkpoints`).
+    """
+    ctx = ctx or JobContext()
+    key = job_key(job)
+    saved = ctx.load(key)
+    if saved is not None and saved.get("result") is not None:
+        ctx.tick(job.config.experiment.episodes)
+        result: JobResult = saved["result"]
+        return result
     cfg = job.config
     env = make_env(cfg)
     agent_cfg = cfg.agent
@@ -115,12 +129,16 @@ def run_job(job: RunJob, progress: Callable[[int], object] | None = None) -> Job
         ot_device=cfg.experiment.device,
         ot_dtype=agent_cfg.ot_dtype,
     )
-    start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    for metrics in agent.iter_episodes(cfg.experiment.episodes):
-        rows.append(metrics.as_dict())
-        if progress is not None:
-            progress(1)
+
+    def episode(k: int) -> dict[str, Any]:
+        assert agent.episodes_done == k
+        return agent.run_episode().as_dict()
+
+    first = 0 if saved is None else len(saved["rows"])
+    with episode_logger(ctx, key, cfg.experiment.tensorboard, first) as log:
+        rows, seconds = train_with_checkpoints(
+            key, agent, cfg.experiment.episodes, episode, ctx, saved=saved, on_episode=log
+        )
     arrays = {key: np.array([r[key] for r in rows]) for key in ("episode", *METRIC_COLUMNS)}
     arrows = None
     plan = agent.last_plan
@@ -132,13 +150,15 @@ def run_job(job: RunJob, progress: Callable[[int], object] | None = None) -> Job
         i, j = np.nonzero(dense > 0)
         moving = i != j
         arrows = np.column_stack([cells[i[moving]], cells[j[moving]], dense[i[moving], j[moving]]])
-    return JobResult(
+    result = JobResult(
         job=job,
         metrics=arrays,
         final_state_distribution=agent.last_state_distribution,
         plan_arrows=arrows,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
     )
+    ctx.finished(key, result)
+    return result
 
 
 _MAX_ARROWS = 150
@@ -160,62 +180,14 @@ def _to_numpy_log_a(plan: GridSinkhornPlan) -> NDArray[np.float64]:
     return np.asarray(plan.log_a.reshape(-1).double().cpu().numpy(), dtype=np.float64)
 
 
-_PROGRESS_EVERY = 10  # episodes between progress messages from a worker process
-
-
-def _job_in_subprocess(job: RunJob, ticks: Any) -> JobResult:
-    """Run a job in a worker process, reporting progress on the ``ticks`` queue."""
-    done = 0
-
-    def report(n: int) -> None:
-        nonlocal done
-        done += n
-        if done >= _PROGRESS_EVERY:
-            ticks.put(done)
-            done = 0
-
-    if job.config.agent.ot_method in ("sinkhorn", "auto"):
-        import torch
-
-        # One process per core already: more threads per process only oversubscribe the CPU.
-        torch.set_num_threads(1)
-    result = run_job(job, report)
-    if done:
-        ticks.put(done)
-    return result
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def execute_jobs(
     jobs: list[RunJob], workers: int, progress: Callable[[int], object] | None = None
 ) -> list[JobResult]:
-    """Run jobs sequentially (``workers == 1``) or in a process pool; results in job order."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [run_job(job, progress) for job in jobs]
-    results: dict[int, JobResult] = {}
-    with (
-        multiprocessing.Manager() as manager,
-        ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool,
-    ):
-        ticks = manager.Queue()
-        pending: dict[Future[JobResult], int] = {
-            pool.submit(_job_in_subprocess, job, ticks): k for k, job in enumerate(jobs)
-        }
-        while pending:
-            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in done:
-                results[pending.pop(fut)] = fut.result()
-            while not ticks.empty():
-                n = ticks.get()
-                if progress is not None:
-                    progress(n)
-    return [results[k] for k in range(len(jobs))]
+    """Run jobs sequentially (``workers == 1``) or in a process pool; results in job order.
+
+    No checkpoints (benchmarks and tests); :func:`run_experiment` is the full run.
+    """
+    return run_jobs(run_job, jobs, workers=workers, progress=progress)
 
 
 # ------------------------------------------------------------------------------ summary
@@ -317,127 +289,54 @@ def _write_metrics_csv(path: Path, results: list[JobResult]) -> None:
                 writer.writerow(row)
 
 
-@dataclass
-class RunDirectory:
-    """Where a run is staged and where it lands.
-
-    Files are written into a hidden staging directory beside ``out``; :meth:`finalise` moves them
-    into ``out`` (``summary.json`` last) and :meth:`abandon` removes everything this run created.
-    """
-
-    out: Path
-    staging: Path
-    created_parents: list[Path]
-
-    def finalise(self) -> None:
-        """Move the complete staging directory into place (replacing old contents)."""
-        out = self.out
-        if not out.exists():
-            self.staging.rename(out)
-            return
-        # ``out`` exists (empty, or replaced with --overwrite). Move entries rather than the
-        # directory itself, which may be the working directory.
-        trash = self.staging.parent / f".{out.name}.old-{os.getpid()}"
-        trash.mkdir()
-        for entry in list(out.iterdir()):
-            entry.rename(trash / entry.name)
-        entries = sorted(self.staging.iterdir(), key=lambda p: p.name == "summary.json")
-        for entry in entries:
-            entry.rename(out / entry.name)
-        self.staging.rmdir()
-        shutil.rmtree(trash, ignore_errors=True)
-
-    def abandon(self) -> None:
-        """Remove the staging directory and any parent directories created for this run."""
-        shutil.rmtree(self.staging, ignore_errors=True)
-        for parent in self.created_parents:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-
-
-def prepare_run_dir(out: str | Path, overwrite: bool) -> RunDirectory:
-    """Check the output directory and create a fresh staging directory beside it."""
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"--out {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise RunDirectoryError(
-            f"run directory {str(out)!r} already exists and is not empty; "
-            "choose another --out or pass --overwrite"
-        )
-    created: list[Path] = []
-    parent = out.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirectoryError(f"cannot create {str(out.parent)!r}: {exc}") from None
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    return RunDirectory(out=out, staging=staging, created_parents=created)
-
-
 def run_experiment(
     config: OTQConfig,
     out: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     figures: bool = True,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Run every (method, seed) of ``config`` and write the run directory ``out``.
 
-    Returns the summary (also written to ``summary.json``).
+    Jobs checkpoint every ``experiment.checkpoint_every`` episodes; ``resume=True`` continues an
+    interrupted run of ``out`` (see :mod:`otsafe.experiments.rundir`). ``label`` names the run's
+    sweep point in ``summary["run"]["label"]`` (reports group by it). Returns the summary (also
+    written to ``summary.json``).
     """
-    from tqdm.auto import tqdm
 
-    run_dir = prepare_run_dir(out, overwrite)
-    staging = run_dir.staging
-    try:
-        jobs = make_jobs(config)
-        workers = config.experiment.workers or default_workers()
-        workers = max(1, min(workers, len(jobs)))
-        total = len(jobs) * config.experiment.episodes
-        started = time.perf_counter()
-        with tqdm(
-            total=total,
-            desc=config.experiment.name,
-            unit="ep",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar:
-            results = execute_jobs(jobs, workers, bar.update)
-        wall = time.perf_counter() - started
-        (staging / "config.yaml").write_text(config.to_yaml())
+    def write_outputs(
+        staging: Path, results: list[JobResult], run_info: dict[str, Any]
+    ) -> dict[str, Any]:
         _write_metrics_csv(staging / "metrics.csv", results)
         summary = summarise(config, results)
         summary["run"] = {
-            "otsafe_version": otsafe.__version__,
+            "label": label or "",
             "preset": config.preset,
             "map": config.env.map,
             "state_distribution": config.agent.state_distribution,
             "ot_method": config.agent.ot_method,
-            "jobs": len(jobs),
-            "workers": workers,
-            "wall_seconds": wall,
-            "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {default_workers()} CPU cores",
         }
         if figures:
             from otsafe.experiments.plots import write_figures
 
             (staging / "figures").mkdir()
             write_figures(staging / "figures", config, results, make_env(config))
-        # summary.json last: its presence marks a complete run.
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        run_dir.finalise()
-    except BaseException:
-        run_dir.abandon()
-        raise
-    return summary
+        return summary
+
+    return execute_run(
+        name=config.experiment.name,
+        config=config.model_dump(mode="json"),
+        out=out,
+        jobs=make_jobs(config),
+        job_fn=run_job,
+        episodes_per_job=config.experiment.episodes,
+        workers=config.experiment.workers,
+        checkpoint_every=config.experiment.checkpoint_every,
+        write_outputs=write_outputs,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+    )
