@@ -1,6 +1,10 @@
 """The ``otsafe`` command.
 
 ``otsafe run PRESET --out DIR``   run an experiment (``otsafe presets`` lists them)
+``otsafe run PRESET --out DIR --resume``  continue an interrupted run from its checkpoints
+``otsafe sweep FILE --out DIR``   a grid over config keys x methods x seeds (``otsafe sweeps``)
+``otsafe report DIR... --out D``  Markdown + HTML report with bootstrap CIs
+``otsafe reproduce otq|dsrl|all --out DIR [--quick]``  the papers' experiments and reports
 ``otsafe presets``                list the built-in presets
 ``otsafe render MAP --out FILE``  draw a map with its safety values
 
@@ -70,6 +74,42 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--no-figures", action="store_true", help="skip the figures")
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a sweep file: a grid over config keys x methods x seeds",
+        description="Run every (point, method, seed) of a sweep file, each into its own run "
+        "directory under --out; running it again skips finished runs and resumes the others.",
+    )
+    sweep.add_argument("file", help="sweep YAML file, or a built-in sweep name (`otsafe sweeps`)")
+    sweep.add_argument("--out", required=True, type=Path, help="sweep directory")
+    _add_backend_args(sweep)
+    sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    sub.add_parser("sweeps", help="list the built-in sweeps")
+
+    report = sub.add_parser(
+        "report",
+        help="Markdown + HTML report comparing the methods of runs and sweeps",
+        description="Aggregate run and sweep directories into report.md and a self-contained "
+        "report.html (tables with bootstrap CIs, learning and safety curves, configs).",
+    )
+    report.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
+    report.add_argument("--out", required=True, type=Path, help="directory for the report")
+    report.add_argument("--title", help="report title")
+
+    repro = sub.add_parser(
+        "reproduce",
+        help="reproduce a paper's experiments and sensitivity sweeps, with reports",
+        description="Run the papers' experiments and their sensitivity sweeps (beta for OT-Q, "
+        "rho for DSRL) as sweeps under --out, then write a report per paper.",
+    )
+    repro.add_argument("paper", choices=["otq", "dsrl", "all"], help="which paper")
+    repro.add_argument("--out", required=True, type=Path, help="output directory")
+    repro.add_argument("--seeds", type=int, help="seeds per method and point (default: presets')")
+    repro.add_argument("--quick", action="store_true", help="small variant that runs in minutes")
+    _add_backend_args(repro)
+    repro.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
     sub.add_parser("presets", help="list the built-in presets")
 
     render = sub.add_parser("render", help="draw a map with its safety values")
@@ -77,6 +117,98 @@ def _build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, type=Path, help="PNG file to write")
     render.add_argument("--safety-values", help="file of per-cell safety values (H x W table)")
     return parser
+
+
+def _add_backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local process pool (default) or Ray (pip install 'otsafe[ray]')",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="runs at a time / Ray CPUs; 0 = one per core"
+    )
+    parser.add_argument(
+        "--address", help="Ray: address of an existing cluster (host:port, ray://host:port)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=1, help="retries of a run whose worker died (default 1)"
+    )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from otsafe.experiments.reproduce import resolve_sweep
+    from otsafe.experiments.sweep_runner import run_sweep
+
+    spec = resolve_sweep(args.file)
+    outcome = run_sweep(
+        spec,
+        args.out,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        retries=args.retries,
+        progress=not args.no_progress,
+    )
+    return _print_sweep(outcome)
+
+
+def _print_sweep(outcome: Any) -> int:
+    total = len(outcome.rows)
+    print(
+        f"sweep {outcome.sweep_dir}: {total} runs; ran {outcome.ran}, already done "
+        f"{outcome.skipped}, failed {len(outcome.failed)}, worker retries {outcome.retried}; "
+        f"index {outcome.sweep_dir / 'index.csv'}"
+    )
+    if outcome.failed:
+        print(
+            f"otsafe: {len(outcome.failed)} run(s) failed ({', '.join(outcome.failed[:3])}"
+            f"{', ...' if len(outcome.failed) > 3 else ''}); see index.csv, fix, and run the "
+            "same command again",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_sweeps() -> int:
+    from otsafe.experiments.reproduce import list_sweeps
+
+    sweeps = list_sweeps()
+    width = max(len(name) for name in sweeps)
+    for name, description in sweeps.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from otsafe.experiments.report import write_report
+
+    result = write_report(args.dirs, args.out, title=args.title)
+    print(f"wrote {result.markdown} and {result.html}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from otsafe.experiments.reproduce import reproduce
+
+    result = reproduce(
+        args.paper,
+        args.out,
+        seeds=args.seeds,
+        quick=args.quick,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        retries=args.retries,
+        progress=not args.no_progress,
+    )
+    for outcome in result.sweeps:
+        _print_sweep(outcome)
+    for path in result.reports:
+        print(f"wrote {path}")
+    return 1 if result.failed else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -195,8 +327,8 @@ def _interrupted_message(args: argparse.Namespace) -> str:
                 f"interrupted; checkpoints kept in {staging}; continue with the same command "
                 "and --resume"
             )
-    if args.command == "sweep":
-        return "interrupted; run the same sweep command again to continue"
+    if args.command in ("sweep", "reproduce"):
+        return "interrupted; run the same command again to continue"
     return "interrupted; no run directory was written"
 
 
@@ -208,6 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "presets":
             return _cmd_presets()
+        if args.command == "sweep":
+            return _cmd_sweep(args)
+        if args.command == "sweeps":
+            return _cmd_sweeps()
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "reproduce":
+            return _cmd_reproduce(args)
         return _cmd_render(args)
     except OtsafeError as exc:
         print(f"otsafe: error: {exc}", file=sys.stderr)

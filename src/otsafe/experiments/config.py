@@ -243,8 +243,11 @@ def resolve_config(
     config_file: str | Path | None = None,
     shortcuts: Mapping[str, Any] | None = None,
     sets: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
 ) -> OTQConfig | DSRLConfig:
     """Resolve a configuration from its layers (see the module docstring) and validate it.
+
+    ``overrides`` (dotted keys to values, applied last) is how sweeps set their points.
 
     Also checks what the models cannot: that the map exists and parses and that the safety values
     (if any) are readable and valid for it, so a run fails before it creates anything.
@@ -257,6 +260,8 @@ def resolve_config(
     if shortcuts:
         data = apply_overrides(data, {k: v for k, v in shortcuts.items() if v is not None})
     data = apply_overrides(data, dict(parse_set(s) for s in sets))
+    if overrides:
+        data = apply_overrides(data, overrides)
     config = validate_config(data)
     if config.experiment.tensorboard:
         from otsafe.experiments.tensorboard import check_tensorboard

@@ -174,7 +174,7 @@ def _run_pool(
                 k = pending.pop(fut)
                 try:
                     results[k] = fut.result()
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                except BaseException as exc:
                     stop.set()  # the others checkpoint and stop too
                     if first_error is None or isinstance(first_error, StopRequested):
                         first_error = exc

@@ -26,7 +26,8 @@ def check_tensorboard() -> None:
     """Raise :class:`ConfigError` if the ``tensorboard`` package is missing."""
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
-            "experiment.tensorboard needs the tensorboard package: pip install 'otsafe[tensorboard]'"
+            "experiment.tensorboard needs the tensorboard package: "
+            "pip install 'otsafe[tensorboard]'"
         )
 
 
