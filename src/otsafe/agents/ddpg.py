@@ -25,14 +25,20 @@ the QP (the seed's literal wording).
 
 The safety layer computes in float64 (the QP's accuracy matters for the certificate); the
 networks run in float32.
+
+Checkpoints: :meth:`DDPGAgent.state_dict` / :meth:`DDPGAgent.load_state_dict` save and restore
+the networks, the optimisers, the replay buffer and every random generator, so that a resumed run
+continues bit for bit (on the same device, with the same number of torch threads).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -57,6 +63,25 @@ __all__ = [
 
 SafetyMode = Literal["none", "nominal", "worst"]
 WorstCaseLoss = Literal["margin", "actor"]
+
+# Checkpoints (DDPGAgent.state_dict): the format's name and version.
+STATE_KIND = "otsafe.agents.DDPGAgent"
+STATE_VERSION = 1
+_STATE_KEYS = (
+    "spec",
+    "settings",
+    "actor",
+    "critic",
+    "actor_target",
+    "critic_target",
+    "actor_opt",
+    "critic_opt",
+    "steps",
+    "rng",
+    "buffer",
+    "torch_rng_state",
+    "cuda_rng_state",
+)
 
 
 # ----------------------------------------------------------------------------------- configs
@@ -450,6 +475,105 @@ class ReplayBuffer:
         idx = self.rng.integers(0, self.size, size=batch)
         return {key: value[idx] for key, value in self.data.items()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot: the filled rows of the arrays, ``pos``, ``size`` and the sampler's state.
+
+        Returns
+        -------
+        dict
+            ``"capacity"``, ``"size"``, ``"pos"``, ``"rng"`` (the ``bit_generator.state`` of the
+            sampling generator) and ``"data"``: per field, a copy of its first ``size`` rows
+            (the rows written so far; all of them once the buffer has wrapped around).
+        """
+        return {
+            "capacity": int(self.capacity),
+            "size": int(self.size),
+            "pos": int(self.pos),
+            "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "data": {key: value[: self.size].copy() for key, value in self.data.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a snapshot of :meth:`state_dict` into this (empty or used) buffer.
+
+        Parameters
+        ----------
+        state : mapping
+            What :meth:`state_dict` returned; it is copied, not referenced.
+
+        Raises
+        ------
+        ConfigError
+            If the capacity, the fields or their row shapes and dtypes differ from this buffer's,
+            or the generator state does not fit. The buffer is unchanged then.
+        """
+        self.apply_state(self.checked_state(state))
+
+    def checked_state(self, state: Any) -> _BufferState:
+        """Check a snapshot of :meth:`state_dict` against this buffer (nothing is changed).
+
+        Raises
+        ------
+        ConfigError
+            See :meth:`load_state_dict`.
+        """
+        try:
+            capacity, size, pos = int(state["capacity"]), int(state["size"]), int(state["pos"])
+            data = state["data"]
+            rng_state = state["rng"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"cannot load the replay buffer: malformed state ({exc!r})") from None
+        if capacity != self.capacity:
+            raise ConfigError(
+                f"cannot load the replay buffer: capacity {capacity}, this agent's is "
+                f"{self.capacity} (agent.buffer_size)"
+            )
+        if not (0 <= size <= capacity and 0 <= pos < capacity) or (size < capacity and pos != size):
+            raise ConfigError(
+                f"cannot load the replay buffer: inconsistent size={size}, pos={pos} for "
+                f"capacity {capacity}"
+            )
+        if not isinstance(data, Mapping) or set(data) != set(self.data):
+            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ConfigError(
+                f"cannot load the replay buffer: fields {got}, expected {sorted(self.data)}"
+            )
+        rows: dict[str, NDArray[Any]] = {}
+        for key, mine in self.data.items():
+            value = np.asarray(data[key])
+            expected = (size, *mine.shape[1:])
+            if value.shape != expected or value.dtype != mine.dtype:
+                raise ConfigError(
+                    f"cannot load the replay buffer: {key!r} is {value.dtype}{list(value.shape)}, "
+                    f"this agent needs {mine.dtype}{list(expected)}"
+                )
+            rows[key] = value
+        rng = copy.deepcopy(self.rng)
+        try:
+            rng.bit_generator.state = copy.deepcopy(dict(rng_state))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"cannot load the replay buffer: bad generator state ({exc})"
+            ) from None
+        return _BufferState(size=size, pos=pos, rows=rows, rng=rng)
+
+    def apply_state(self, checked: _BufferState) -> None:
+        """Restore a snapshot checked by :meth:`checked_state` (copies its rows)."""
+        for key, value in checked.rows.items():
+            self.data[key][: checked.size] = value
+            self.data[key][checked.size :] = 0
+        self.size, self.pos, self.rng = checked.size, checked.pos, copy.deepcopy(checked.rng)
+
+
+@dataclass(frozen=True)
+class _BufferState:
+    """A replay-buffer snapshot that :meth:`ReplayBuffer.checked_state` found to fit."""
+
+    size: int
+    pos: int
+    rows: dict[str, NDArray[Any]]
+    rng: np.random.Generator
+
 
 # ------------------------------------------------------------------------------------ agent
 class DDPGAgent:
@@ -602,14 +726,231 @@ class DDPGAgent:
 
         return q
 
+    # --------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Networks and optimisers (for checkpoints)."""
+        """A snapshot of everything that evolves during training, for checkpoints.
+
+        A fresh agent built with the same arguments that loads it with :meth:`load_state_dict`
+        continues exactly (bit for bit, on the same device and number of torch threads) like this
+        one. The snapshot shares no tensor or array with the agent (later training does not change
+        it), and it survives ``torch.save``/``torch.load(weights_only=False)`` and :mod:`pickle`.
+
+        Returns
+        -------
+        dict
+            ``"version"`` (1) and ``"kind"`` (:data:`STATE_KIND`); ``"spec"`` (dimensions, action
+            bounds, layer sizes) and ``"settings"`` (hyperparameters, safety layer, a fingerprint
+            of the nominal atoms), both checked on loading; the ``state_dict()`` of ``"actor"``,
+            ``"critic"``, ``"actor_target"``, ``"critic_target"``, ``"actor_opt"`` and
+            ``"critic_opt"``; ``"steps"``; ``"rng"``, the ``bit_generator.state`` of the
+            exploration generator; ``"buffer"`` (:meth:`ReplayBuffer.state_dict`);
+            ``"torch_rng_state"`` (:func:`torch.get_rng_state`: the global generator that
+            ``__init__`` seeds) and ``"cuda_rng_state"`` (that of the agent's GPU, or None on the
+            CPU).
+
+        Notes
+        -----
+        The safety layer has no state that evolves (its atoms are fixed; the QP's and the worst
+        case's caches hold only index tables), so it is checked, not saved.
+        """
+        cuda_rng = None
+        if self.device.type == "cuda":
+            cuda_rng = torch.cuda.get_rng_state(self.device)
         return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "steps": self.steps,
+            "version": STATE_VERSION,
+            "kind": STATE_KIND,
+            "spec": self._spec(),
+            "settings": self._settings(),
+            "actor": _snapshot(self.actor.state_dict()),
+            "critic": _snapshot(self.critic.state_dict()),
+            "actor_target": _snapshot(self.actor_target.state_dict()),
+            "critic_target": _snapshot(self.critic_target.state_dict()),
+            "actor_opt": _snapshot(self.actor_opt.state_dict()),
+            "critic_opt": _snapshot(self.critic_opt.state_dict()),
+            "steps": int(self.steps),
+            "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "buffer": self.buffer.state_dict(),
+            "torch_rng_state": torch.get_rng_state(),
+            "cuda_rng_state": cuda_rng,
         }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
+        """Restore a snapshot taken by :meth:`state_dict`; training then continues exactly.
+
+        Also sets torch's global random state (:func:`torch.set_rng_state`, and the CUDA one on a
+        GPU) to the saved one, as an uninterrupted run would have it.
+
+        Parameters
+        ----------
+        state : mapping
+            What :meth:`state_dict` returned (possibly through ``torch.save``/``torch.load``;
+            tensors saved on another device are moved to the agent's). It is not modified, and
+            the agent shares no tensor or array with it afterwards.
+        strict : bool
+            Also require the hyperparameters and the safety layer recorded in
+            ``state["settings"]`` to equal this agent's, which an exact continuation needs. With
+            ``False`` only the structure is checked (kind, version, dimensions, action bounds,
+            layer sizes, replay capacity).
+
+        Raises
+        ------
+        ConfigError
+            If ``state`` is not a DDPGAgent state of this format version, was taken by an agent
+            of other dimensions, bounds or layer sizes (e.g. of another environment), does not fit
+            the networks, optimisers or replay buffer, or (``strict``) was taken with other
+            settings. The agent is unchanged then.
+        """
+        _check_header(state, STATE_KIND, STATE_VERSION, _STATE_KEYS)
+        spec = self._spec()
+        saved = state["spec"]
+        if not isinstance(saved, Mapping) or dict(saved) != spec:
+            raise ConfigError(
+                "cannot load the state: it was taken by a different agent ("
+                + _describe_diff(saved, spec)
+                + "); is it from another environment?"
+            )
+        if strict:
+            mine = self._settings()
+            if state["settings"] != mine:
+                raise ConfigError(
+                    "cannot load the state: it was taken with other settings, so the run would "
+                    "not continue exactly (" + _describe_diff(state["settings"], mine) + "); "
+                    "build the agent with the saved settings, or pass strict=False"
+                )
+        # Check everything first (loading into copies), so that a failure leaves the agent as it
+        # was; then load into the agent's own networks and optimisers (references to them, e.g.
+        # held by a caller, stay valid).
+        nets: dict[str, nn.Module] = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "actor_target": self.actor_target,
+            "critic_target": self.critic_target,
+        }
+        trial = {name: copy.deepcopy(net) for name, net in nets.items()}
+        for name, net in trial.items():
+            try:
+                net.load_state_dict(_to_device(state[name], self.device))
+            except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(f"cannot load the state: {name} does not fit ({exc})") from None
+        opts = {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+        for name, net_name in (("actor_opt", "actor"), ("critic_opt", "critic")):
+            opt = torch.optim.Adam(trial[net_name].parameters())
+            try:
+                opt.load_state_dict(_to_device(state[name], self.device))
+            except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(f"cannot load the state: {name} does not fit ({exc})") from None
+        buffer = self.buffer.checked_state(state["buffer"])
+        rng = copy.deepcopy(self.rng)
+        try:
+            rng.bit_generator.state = copy.deepcopy(dict(state["rng"]))
+            steps = int(state["steps"])
+            torch_rng = torch.as_tensor(state["torch_rng_state"], dtype=torch.uint8).cpu().clone()
+            cuda_rng = state["cuda_rng_state"]
+            if cuda_rng is not None:
+                cuda_rng = torch.as_tensor(cuda_rng, dtype=torch.uint8).cpu().clone()
+        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+            raise ConfigError(f"cannot load the state: bad generator state ({exc})") from None
+        if steps < 0:
+            raise ConfigError(f"cannot load the state: steps={steps} is negative")
+        # Everything fits: restore.
+        for name, net in nets.items():
+            net.load_state_dict(_to_device(state[name], self.device))
+        for name, opt in opts.items():
+            opt.load_state_dict(_to_device(state[name], self.device))
+        self.buffer.apply_state(buffer)
+        self.rng, self.steps = rng, steps
+        torch.set_rng_state(torch_rng)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+
+    def _spec(self) -> dict[str, Any]:
+        """What the shapes of the networks and the buffer depend on (plain Python values)."""
+        return {
+            "obs_dim": int(self.buffer.obs_dim),
+            "state_dim": int(self.buffer.state_dim),
+            "act_dim": int(self.buffer.act_dim),
+            "low": [float(v) for v in self.low],
+            "high": [float(v) for v in self.high],
+            "hidden": [int(h) for h in self.config.hidden],
+            "buffer_size": int(self.config.buffer_size),
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        """The hyperparameters and the safety layer an exact continuation needs unchanged."""
+        atoms = self.safety.nominal_atoms.detach().cpu().contiguous().numpy()
+        safety = asdict(self.safety.config)
+        if safety["weight"] is not None:
+            safety["weight"] = list(safety["weight"])
+        agent = asdict(self.config)
+        agent["hidden"] = list(agent["hidden"])
+        return {
+            "agent": agent,
+            "safety": safety,
+            "model": type(self.safety.model).__name__,
+            "barriers": [type(b).__name__ for b in self.safety.barriers],
+            "atoms": hashlib.sha256(
+                repr((atoms.shape, str(atoms.dtype))).encode() + atoms.tobytes()
+            ).hexdigest(),
+            "device": str(self.device),
+        }
+
+
+def _snapshot(value: Any) -> Any:
+    """A deep copy of a (nested) state dict whose tensors share no storage with the original."""
+    return copy.deepcopy(value)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """A deep copy of a (nested) state dict with its tensors moved to ``device``.
+
+    Optimiser state keeps its ``step`` counters on the CPU (as torch's Adam does).
+    """
+    if isinstance(value, Tensor):
+        return value.detach().to(device=device, copy=True)
+    if isinstance(value, Mapping):
+        out = OrderedDict(
+            (k, v.clone() if k == "step" and isinstance(v, Tensor) else _to_device(v, device))
+            for k, v in value.items()
+        )
+        metadata = getattr(value, "_metadata", None)  # nn.Module.state_dict's version record
+        if metadata is not None:
+            setattr(out, "_metadata", copy.deepcopy(metadata))  # noqa: B010
+        return out
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    return copy.deepcopy(value)
+
+
+def _check_header(state: Any, kind: str, version: int, keys: tuple[str, ...]) -> None:
+    """Raise ConfigError unless ``state`` is a mapping of ``kind``/``version`` with ``keys``."""
+    if not isinstance(state, Mapping):
+        raise ConfigError(
+            f"cannot load the state: expected the dict of state_dict(), got {type(state).__name__}"
+        )
+    if state.get("kind") != kind:
+        raise ConfigError(
+            f"cannot load the state: it is a {state.get('kind')!r} state, this agent reads "
+            f"{kind!r} states"
+        )
+    if state.get("version") != version:
+        raise ConfigError(
+            f"cannot load the state: format version {state.get('version')!r}, this otsafe reads "
+            f"version {version}"
+        )
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ConfigError(f"cannot load the state: missing {', '.join(missing)}")
+
+
+def _describe_diff(saved: Any, mine: Mapping[str, Any]) -> str:
+    """``key: saved X, here Y`` for each differing entry of two flat-ish dicts."""
+    if not isinstance(saved, Mapping):
+        return f"malformed record {type(saved).__name__}"
+    keys = sorted(set(saved) | set(mine))
+    return "; ".join(
+        f"{k}: saved {saved.get(k)!r}, here {mine.get(k)!r}"
+        for k in keys
+        if saved.get(k) != mine.get(k)
+    )

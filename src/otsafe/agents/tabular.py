@@ -24,6 +24,10 @@ Choices the paper leaves open (documented in docs/reproduction/otq.md):
   step (explore? / which action), so results do not depend on how the loop is written and a run
   can be resumed at any episode.
 
+Checkpoints: :meth:`QLearning.state_dict` / :meth:`QLearning.load_state_dict` save and restore
+everything that carries over from one episode to the next, so that a resumed run continues bit for
+bit (see :meth:`QLearning.state_dict` for what that is).
+
 The step loop runs on the environment's transition table with plain Python floats (equivalent to
 ``env.step``; tested against it), because a per-step Gymnasium call and NumPy scalar indexing
 dominate the run time otherwise.
@@ -31,8 +35,10 @@ dominate the run time otherwise.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -45,7 +51,12 @@ from otsafe.markov import ChainModel, epsilon_greedy_policy
 from otsafe.transport.costs import sqeuclidean_cost
 from otsafe.transport.exact import ExactOT, OTSolution
 from otsafe.transport.grid import AUTO_EXACT_MAX_CELLS
-from otsafe.transport.grid_sinkhorn import GridSinkhorn, GridSinkhornPlan
+from otsafe.transport.grid_sinkhorn import (
+    GridSinkhorn,
+    GridSinkhornPlan,
+    SinkhornInfo,
+    _AxisPass,
+)
 from otsafe.transport.tripartite import GridExactOT, GridPlan
 
 __all__ = ["EpisodeMetrics", "OTMethod", "OTQLearning", "QLearning", "StateDistribution"]
@@ -56,6 +67,22 @@ _CHAIN_TOL = 1e-8
 
 StateDistribution = Literal["visits", "truncated", "empirical"]
 OTMethod = Literal["tripartite", "dense", "sinkhorn", "auto"]
+
+# Checkpoints (QLearning.state_dict): the format's name and version.
+STATE_KIND = "otsafe.agents.QLearning"
+STATE_VERSION = 1
+_STATE_KEYS = (
+    "map",
+    "settings",
+    "episodes_done",
+    "epsilon",
+    "q",
+    "bonus",
+    "last_plan",
+    "last_state_distribution",
+    "last_policy",
+    "sinkhorn_passes",
+)
 
 
 @dataclass(frozen=True)
@@ -372,6 +399,357 @@ class QLearning:
     def iter_episodes(self, episodes: int) -> Iterator[EpisodeMetrics]:
         for _ in range(episodes):
             yield self.run_episode()
+
+    # --------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        r"""A snapshot of everything that carries over between episodes, for checkpoints.
+
+        A fresh agent built with the same arguments that loads it with :meth:`load_state_dict`
+        continues exactly (bit for bit) like this one. The snapshot shares no mutable object with
+        the agent, and it survives ``torch.save``/``torch.load(weights_only=False)`` and
+        :mod:`pickle`.
+
+        Returns
+        -------
+        dict
+            ``"version"`` (1) and ``"kind"`` (:data:`STATE_KIND`); ``"map"`` (name, shape and a
+            fingerprint of the layout) and ``"settings"`` (the hyperparameters that shape the
+            run), both checked on loading; ``"episodes_done"`` and ``"epsilon"``; ``"q"`` and
+            ``"bonus"``, ``(H*W, 4)`` float64 arrays (the Q-table and the bonus
+            :math:`\beta C` still payable); ``"last_plan"``: the last OT plan (a
+            :class:`~otsafe.transport.GridPlan` or :class:`~otsafe.transport.exact.OTSolution`,
+            or, for the Sinkhorn solver, a dict of the :class:`~otsafe.transport.GridSinkhornPlan`
+            fields with its potentials as torch tensors) or None; ``"last_state_distribution"``
+            and ``"last_policy"`` (arrays or None: :math:`P^\pi` and the policy it belongs to,
+            which let an unchanged policy skip the solves); ``"sinkhorn_passes"``: the adaptive
+            block sizes of the Sinkhorn solver's axis passes (None for the exact solvers).
+
+        Notes
+        -----
+        The Sinkhorn block sizes are state because the block-stabilised sums round differently
+        for different block sizes: the plans of a solver whose block sizes restarted from the
+        default differ in the last bits. Nothing else cached in the agent affects results: the
+        :class:`~otsafe.markov.ChainModel` caches only map-dependent structure (orderings,
+        sparsity patterns) and the last solve's diagnostics, and the exact OT solvers have no
+        state. Results also depend on the number of torch threads (Sinkhorn's matrix
+        products), which a checkpoint cannot fix.
+        """
+        return {
+            "version": STATE_VERSION,
+            "kind": STATE_KIND,
+            "map": self._map_signature(),
+            "settings": self._settings(),
+            "episodes_done": int(self.episodes_done),
+            "epsilon": float(self.epsilon),
+            "q": self.q_table,
+            "bonus": self.bonus_table(),
+            "last_plan": _plan_state(self.last_plan),
+            "last_state_distribution": _copy_or_none(self.last_state_distribution),
+            "last_policy": _copy_or_none(self._last_policy),
+            "sinkhorn_passes": self._passes_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
+        """Restore a snapshot taken by :meth:`state_dict`; training then continues exactly.
+
+        Parameters
+        ----------
+        state : mapping
+            What :meth:`state_dict` returned (possibly through ``torch.save``/``torch.load``).
+            It is not modified, and the agent shares no mutable object with it afterwards.
+        strict : bool
+            Also require the hyperparameters recorded in ``state["settings"]`` (learning rate,
+            discount, beta, epsilon schedule, seed, ``max_steps``, P^pi mode and OT solver
+            settings, safety values) to equal this agent's, which an exact continuation needs.
+            With ``False`` only the structure is checked (kind, version, map, table shapes, the
+            type of the OT plan).
+
+        Raises
+        ------
+        ConfigError
+            If ``state`` is not a QLearning state of this format version, comes from another
+            map, has mis-shaped tables or an OT plan of another solver, or (``strict``) was taken
+            with other settings. The agent is unchanged then.
+        """
+        _check_header(state, STATE_KIND, STATE_VERSION, _STATE_KEYS)
+        mine = self._map_signature()
+        theirs = state["map"]
+        if not isinstance(theirs, Mapping) or theirs.get("fingerprint") != mine["fingerprint"]:
+            what = (
+                f"map {theirs.get('name')!r} {tuple(theirs.get('shape', ()))}"
+                if isinstance(theirs, Mapping)
+                else "an unknown map"
+            )
+            raise ConfigError(
+                f"cannot load the state: it was saved on {what}, this agent runs on map "
+                f"{mine['name']!r} {tuple(mine['shape'])} (a different layout)"
+            )
+        if strict:
+            _check_settings(state["settings"], self._settings())
+        n = self.env.grid.n_cells
+        q = _table(state["q"], "q", n)
+        bonus = _table(state["bonus"], "bonus", n)
+        p_pi = _vector_or_none(state["last_state_distribution"], "last_state_distribution", (n,))
+        last_policy = _vector_or_none(state["last_policy"], "last_policy", (n, 4))
+        plan = self._plan_from_state(state["last_plan"])
+        passes = self._passes_from_state(state["sinkhorn_passes"])
+        try:
+            episodes_done = int(state["episodes_done"])
+            epsilon = float(state["epsilon"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot load the state: bad episodes_done or epsilon ({exc})"
+            ) from None
+        if episodes_done < 0 or not 0.0 <= epsilon <= 1.0:
+            raise ConfigError(
+                f"cannot load the state: episodes_done={episodes_done} and epsilon={epsilon!r} "
+                "are out of range"
+            )
+        # Everything is checked: restore.
+        self._q = q.tolist()
+        self._bonus = bonus.tolist()
+        self.episodes_done = episodes_done
+        self.epsilon = epsilon
+        self.last_plan = plan
+        self.last_state_distribution = p_pi
+        self._last_policy = last_policy
+        if isinstance(self._ot, GridSinkhorn):
+            self._ot._softmin._passes = passes
+
+    def _map_signature(self) -> dict[str, Any]:
+        """Name, shape and a fingerprint of the layout (obstacles, start, goal) of the map."""
+        grid = self.env.grid
+        digest = hashlib.sha256()
+        digest.update(repr((grid.obstacles.shape, grid.start, grid.goal)).encode())
+        digest.update(np.ascontiguousarray(grid.obstacles).tobytes())
+        return {"name": grid.name, "shape": tuple(grid.shape), "fingerprint": digest.hexdigest()}
+
+    def _settings(self) -> dict[str, Any]:
+        """The hyperparameters an exact continuation needs unchanged (plain Python values)."""
+        risk = np.ascontiguousarray(self._p_s, dtype=np.float64)
+        settings: dict[str, Any] = {
+            "class": type(self).__name__,
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "beta": self.beta,
+            "epsilon_decay": self.epsilon_decay,
+            "epsilon_min": self.epsilon_min,
+            "seed": self.seed,
+            "max_steps": int(self.env.max_steps),
+            "state_distribution": self.state_distribution,
+            "track_w2": self.track_w2,
+            "ot_method": self.ot_method,
+            "chain_device": None if self._chain_device is None else str(self._chain_device),
+            "risk_distribution": hashlib.sha256(risk.tobytes()).hexdigest(),
+        }
+        if isinstance(self._ot, GridSinkhorn):
+            ot = self._ot
+            settings["sinkhorn"] = {
+                "epsilon": ot.epsilon,
+                "tol": ot.tol,
+                "max_iter": ot.max_iter,
+                "scaling": ot.scaling,
+                "omega": ot.omega,
+                "strict": ot.strict,
+                "device": str(ot.device),
+                "dtype": str(ot.dtype),
+            }
+        return settings
+
+    def _passes_state(self) -> dict[str, list[list[int]]] | None:
+        """The adaptive state of the Sinkhorn solver's axis passes (None for exact solvers)."""
+        if not isinstance(self._ot, GridSinkhorn):
+            return None
+        return {
+            key: [[p.block, p._clean_streak, p.entries, p.fallbacks] for p in pair]
+            for key, pair in self._ot._softmin._passes.items()
+        }
+
+    def _passes_from_state(self, state: Any) -> dict[str, tuple[_AxisPass, _AxisPass]]:
+        """Fresh axis passes with the saved state (checked; nothing is changed yet)."""
+        if not isinstance(self._ot, GridSinkhorn):
+            if state is not None:
+                raise ConfigError(
+                    "cannot load the state: it holds Sinkhorn solver state, this agent uses "
+                    f"ot_method={self.ot_method!r}"
+                )
+            return {}
+        if not isinstance(state, Mapping):
+            raise ConfigError(
+                "cannot load the state: it holds no Sinkhorn solver state, this agent uses "
+                "ot_method='sinkhorn'"
+            )
+        passes: dict[str, tuple[_AxisPass, _AxisPass]] = {}
+        for key, pair in state.items():
+            built = []
+            try:
+                for block, streak, entries, fallbacks in pair:
+                    p = _AxisPass(int(block))
+                    p._clean_streak = int(streak)
+                    p.entries, p.fallbacks = int(entries), int(fallbacks)
+                    if p.block < 1:
+                        raise ValueError("block sizes must be positive")
+                    built.append(p)
+                if len(built) != 2:
+                    raise ValueError("two passes per key")
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"cannot load the state: bad Sinkhorn pass state for {key!r} ({exc})"
+                ) from None
+            passes[str(key)] = (built[0], built[1])
+        return passes
+
+    def _plan_from_state(self, state: Any) -> GridPlan | OTSolution | GridSinkhornPlan | None:
+        """The plan saved by :func:`_plan_state`, checked against this agent's solver."""
+        if state is None:
+            return None
+        if isinstance(self._ot, GridSinkhorn):
+            if not isinstance(state, Mapping) or state.get("type") != "GridSinkhornPlan":
+                raise ConfigError(
+                    f"cannot load the state: its OT plan is a {_plan_kind(state)}, this agent "
+                    "uses ot_method='sinkhorn'"
+                )
+            return self._sinkhorn_plan(state)
+        expected = GridPlan if isinstance(self._ot, GridExactOT) else OTSolution
+        n = self._support.size
+        if not isinstance(state, expected) or tuple(state.shape) != (n, n):
+            raise ConfigError(
+                f"cannot load the state: its OT plan is a {_plan_kind(state)}, this agent needs a "
+                f"{expected.__name__} of shape ({n}, {n}) (ot_method={self.ot_method!r})"
+            )
+        return copy.deepcopy(state)
+
+    def _sinkhorn_plan(self, state: Mapping[str, Any]) -> GridSinkhornPlan:
+        """Rebuild a :class:`GridSinkhornPlan` on this agent's solver (device, soft-min)."""
+        assert isinstance(self._ot, GridSinkhorn)
+        ot = self._ot
+        try:
+            shape = (int(state["shape"][0]), int(state["shape"][1]))
+            tensors = {
+                k: state[k].detach().to(dtype=ot.dtype, device=ot.device, copy=True)
+                for k in ("f", "g", "log_a", "log_b")
+            }
+            plan = GridSinkhornPlan(
+                shape=shape,
+                epsilon=float(state["epsilon"]),
+                mass=float(state["mass"]),
+                info=SinkhornInfo(**state["info"]),
+                _softmin=ot._softmin,
+                **tensors,
+            )
+            cost = state["cost"]
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+            raise ConfigError(f"cannot load the state: malformed Sinkhorn plan ({exc!r})") from None
+        if shape != ot.shape or any(tuple(t.shape) != shape for t in tensors.values()):
+            raise ConfigError(
+                f"cannot load the state: its Sinkhorn plan is on a {shape} grid, this agent's "
+                f"is {ot.shape}"
+            )
+        if cost is not None:  # the cached <T, c>: recomputing it would move the block sizes
+            plan.__dict__["cost"] = float(cost)
+        return plan
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def _check_header(state: Any, kind: str, version: int, keys: tuple[str, ...]) -> None:
+    """Raise ConfigError unless ``state`` is a mapping of ``kind``/``version`` with ``keys``."""
+    if not isinstance(state, Mapping):
+        raise ConfigError(
+            f"cannot load the state: expected the dict of state_dict(), got {type(state).__name__}"
+        )
+    if state.get("kind") != kind:
+        raise ConfigError(
+            f"cannot load the state: it is a {state.get('kind')!r} state, this agent reads "
+            f"{kind!r} states"
+        )
+    if state.get("version") != version:
+        raise ConfigError(
+            f"cannot load the state: format version {state.get('version')!r}, this otsafe reads "
+            f"version {version}"
+        )
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ConfigError(f"cannot load the state: missing {', '.join(missing)}")
+
+
+def _check_settings(saved: Any, mine: dict[str, Any]) -> None:
+    """Raise ConfigError listing the settings that differ (strict loading)."""
+    if not isinstance(saved, Mapping):
+        raise ConfigError("cannot load the state: its settings are missing or malformed")
+    keys = sorted(set(saved) | set(mine))
+    diff = [
+        f"{k}: saved {saved.get(k)!r}, here {mine.get(k)!r}"
+        for k in keys
+        if saved.get(k) != mine.get(k)
+    ]
+    if diff:
+        raise ConfigError(
+            "cannot load the state: it was taken with other settings, so the run would not "
+            "continue exactly (" + "; ".join(diff) + "); build the agent with the saved "
+            "settings, or pass strict=False"
+        )
+
+
+def _copy_or_none(a: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
+    return None if a is None else np.array(a, dtype=np.float64, copy=True)
+
+
+def _table(value: Any, name: str, n: int) -> NDArray[np.float64]:
+    """A saved ``(n, 4)`` table as a float64 copy; ConfigError if mis-shaped."""
+    try:
+        arr = np.array(value, dtype=np.float64, copy=True)
+    except (TypeError, ValueError):
+        arr = np.zeros(0)
+    if arr.shape != (n, 4):
+        raise ConfigError(
+            f"cannot load the state: {name} has shape {arr.shape}, this agent's map needs ({n}, 4)"
+        )
+    return arr
+
+
+def _vector_or_none(value: Any, name: str, shape: tuple[int, ...]) -> NDArray[np.float64] | None:
+    if value is None:
+        return None
+    try:
+        arr = np.array(value, dtype=np.float64, copy=True)
+    except (TypeError, ValueError):
+        arr = np.zeros(0)
+    if arr.shape != shape:
+        raise ConfigError(f"cannot load the state: {name} has shape {arr.shape}, expected {shape}")
+    return arr
+
+
+def _plan_state(
+    plan: GridPlan | OTSolution | GridSinkhornPlan | None,
+) -> GridPlan | OTSolution | dict[str, Any] | None:
+    """The plan as saved: a copy of an exact plan, a Sinkhorn plan as its fields.
+
+    A :class:`GridSinkhornPlan` refers to its solver's soft-min operator, whose adaptive block
+    sizes are solver state (saved separately); the plan is saved without it, and rebuilt on the
+    loading agent's solver.
+    """
+    if not isinstance(plan, GridSinkhornPlan):
+        return copy.deepcopy(plan)
+    return {
+        "type": "GridSinkhornPlan",
+        "shape": tuple(plan.shape),
+        "epsilon": plan.epsilon,
+        "f": plan.f.detach().clone(),
+        "g": plan.g.detach().clone(),
+        "log_a": plan.log_a.detach().clone(),
+        "log_b": plan.log_b.detach().clone(),
+        "mass": plan.mass,
+        "info": asdict(plan.info),
+        "cost": plan.__dict__.get("cost"),  # cached_property: present once computed
+    }
+
+
+def _plan_kind(state: Any) -> str:
+    if state is None:
+        return "None"
+    if isinstance(state, Mapping):
+        return str(state.get("type", "dict"))
+    return type(state).__name__
 
 
 class OTQLearning(QLearning):
