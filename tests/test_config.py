@@ -287,7 +287,6 @@ def test_unknown_key_via_validate_config() -> None:
         ("agent.epsilon_decay=0", "agent.epsilon_decay"),
         ("agent.epsilon_start=2", "agent.epsilon_start"),
         ("agent.beta=-1", "agent.beta"),
-        ("agent.beta=-1", "agent.beta"),
         ("agent.beta=.nan", "agent.beta"),
         ("agent.beta=.inf", "agent.beta"),
         ("agent.alpha=abc", "agent.alpha"),

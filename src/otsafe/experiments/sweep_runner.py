@@ -155,10 +155,12 @@ def run_sweep(
         elif status == "failed":
             outcome.failed.append(run.run_id)
             bar.update(1)
-            bar.write(f"otsafe sweep: {run.run_id} failed: {row.get('error', '')}")
+            error = row.get("error", "")
+            bar.write(f"otsafe sweep: {run.run_id} failed: {error}", file=sys.stderr)
         elif status == "retrying":
             outcome.retried += 1
-            bar.write(f"otsafe sweep: {run.run_id}: {row.get('error', '')}; retrying")
+            error = row.get("error", "")
+            bar.write(f"otsafe sweep: {run.run_id}: {error}; retrying", file=sys.stderr)
         write_index(sweep_dir, list(rows.values()))
 
     try:
