@@ -237,7 +237,7 @@ def test_failed_run_is_recorded_and_rerun_on_the_next_invocation(
     # Damage the finished run: it is no longer complete, and its checkpoint is unreadable.
     (run_dir / "summary.json").unlink()
     run_dir.rename(run_dir.parent / f".{run_dir.name}.partial")
-    ckpt = next((run_dir.parent / f".{run_dir.name}.partial" / "checkpoints").glob("*.pt"))
+    ckpt = next((run_dir.parent / f".{run_dir.name}.partial" / "checkpoints").glob("*.ckpt"))
     ckpt.write_bytes(b"garbage")
     outcome = run_sweep(spec, out, workers=1, progress=False)
     assert outcome.failed == [outcome.rows[0]["run"]]
@@ -275,7 +275,7 @@ def test_a_worker_killed_mid_run_is_reported_and_its_run_retried(tmp_path: Path)
     )
     staging = out / "runs" / ".p000-ot-q-seed0.partial" / "checkpoints"
     deadline = time.monotonic() + 120
-    while not any(staging.glob("*.pt")) if staging.is_dir() else True:
+    while not any(staging.glob("*.ckpt")) if staging.is_dir() else True:
         assert time.monotonic() < deadline, "no checkpoint appeared"
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.01)

@@ -1,7 +1,7 @@
 """Per-job checkpoints: atomic files, and the training loop that writes them.
 
-A job (one method and seed) checkpoints into ``checkpoints/<job>.pt`` every ``every`` episodes,
-when a stop is requested, and when it finishes. A checkpoint is a :func:`torch.save` of
+A job (one method and seed) checkpoints into ``checkpoints/<job>.ckpt`` every ``every``
+episodes, when a stop is requested, and when it finishes. A checkpoint is a pickle of
 
 ``{"version": 1, "job": <key>, "episodes": k, "agent": agent.state_dict(), "rows": [...],
 "result": <the job's result once it has finished, else None>}``
@@ -13,20 +13,21 @@ evolves during training (tables or networks, optimisers, replay buffer, RNG stat
 resumed job continues exactly where the checkpoint left it; per-episode seeds come from
 ``SeedSequence([seed, ..., episode])``, so nothing else needs saving.
 
-Checkpoints are pickles: load only those your own runs wrote.
+Checkpoints are pickles (not :func:`torch.save` files, so that tabular OT-Q runs never import
+PyTorch; torch tensors pickle the same way): load only those your own runs wrote. A DSRL run on a
+GPU holds CUDA tensors and resumes on a machine with a GPU.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-
-import torch
 
 from otsafe.errors import ResumeError
 
@@ -62,14 +63,18 @@ class CheckpointStore:
         self.directory = Path(directory)
 
     def path(self, key: str) -> Path:
-        return self.directory / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.pt"
+        return self.directory / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.ckpt"
 
     def save(self, key: str, state: dict[str, Any]) -> None:
         """Write the checkpoint of job ``key`` atomically."""
         path = self.path(key)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with tmp.open("wb") as fh:
-            torch.save({"version": CHECKPOINT_VERSION, "job": key, **state}, fh)
+            pickle.dump(
+                {"version": CHECKPOINT_VERSION, "job": key, **state},
+                fh,
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -80,7 +85,8 @@ class CheckpointStore:
         if not path.is_file():
             return None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            with path.open("rb") as fh:
+                state = pickle.load(fh)
         except Exception as exc:  # a foreign or damaged file: say which
             raise ResumeError(f"cannot read checkpoint {str(path)!r}: {exc}") from None
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:

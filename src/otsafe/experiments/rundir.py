@@ -102,7 +102,7 @@ class RunDirectory:
         return self.staging / CHECKPOINTS
 
     def has_checkpoints(self) -> bool:
-        return self.checkpoints.is_dir() and any(self.checkpoints.glob("*.pt"))
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob("*.ckpt"))
 
     def write_status(self, state: str, **extra: Any) -> None:
         """Record the run's state (``running``, ``interrupted``, ``failed``) in the staging dir."""
