@@ -562,7 +562,7 @@ def _curve_figure(section: _Section, curve: str, ylabel: str, path: Path) -> Non
     for k, group in enumerate(section.groups):
         series = [group.seeds[s].curves[curve] for s in sorted(group.seeds)]
         length = min(s.size for s in series)
-        w = min(window, length)
+        w = min(window, max(1, length // 4))  # short runs: keep most of the curve
         windows.add(w)
         curves = np.stack([moving_average(s[:length], w) for s in series])
         x = np.arange(w, length + 1)
