@@ -19,6 +19,7 @@ reproduction continues where it stopped when run again) and ``report-<paper>/`` 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -100,9 +101,7 @@ def reproduce(
     All sweeps are expanded and validated before the first one runs. A paper's report is
     written only if all its sweeps finished without failed runs.
     """
-    from otsafe.experiments.report import write_report
     from otsafe.experiments.sweep import expand_sweep
-    from otsafe.experiments.sweep_runner import run_sweep
 
     if paper not in (*PAPERS, "all"):
         raise SweepError(f"unknown paper {paper!r}; choose otq, dsrl or all")
@@ -120,6 +119,27 @@ def reproduce(
             expand_sweep(spec)  # fail on bad input before anything runs
             specs.append(spec)
         plan[name] = specs
+    with contextlib.ExitStack() as stack:
+        if backend == "ray":  # one Ray session for all the sweeps
+            from otsafe.experiments.sweep_runner import ray_session
+
+            stack.enter_context(ray_session(workers, address))
+        return _run_plan(plan, out, quick, backend, workers, address, retries, progress)
+
+
+def _run_plan(
+    plan: dict[str, list[SweepSpec]],
+    out: Path,
+    quick: bool,
+    backend: str,
+    workers: int,
+    address: str | None,
+    retries: int,
+    progress: bool,
+) -> ReproduceResult:
+    from otsafe.experiments.report import write_report
+    from otsafe.experiments.sweep_runner import run_sweep
+
     result = ReproduceResult()
     for name, specs in plan.items():
         dirs = []

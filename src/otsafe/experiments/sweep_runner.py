@@ -337,16 +337,44 @@ def _run_ray(
     report: Report,
 ) -> None:
     ray = _import_ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            if address is None:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = address or "a local Ray instance"
-            raise SweepError(f"cannot start or join {where}: {exc}") from None
+    with ray_session(workers, address):
+        _run_ray_tasks(ray, todo, sweep_dir, figures, retries, report)
+
+
+@contextmanager
+def ray_session(workers: int, address: str | None) -> Iterator[None]:
+    """Start a local Ray instance (``workers`` CPUs) or join ``address``, unless Ray is already
+    initialised (then reuse it: ``otsafe reproduce`` runs all its sweeps in one session)."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    if address is not None:
+        check_ray_address(address)
+    try:
+        if address is None:
+            ray.init(
+                num_cpus=workers or default_workers(), include_dashboard=False, log_to_driver=False
+            )
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray instance"
+        raise SweepError(f"cannot start or join {where}: {exc}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _run_ray_tasks(
+    ray: Any,
+    todo: list[SweepRun],
+    sweep_dir: Path,
+    figures: bool,
+    retries: int,
+    report: Report,
+) -> None:
     task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
     refs: dict[Any, tuple[SweepRun, int]] = {}
 
@@ -354,35 +382,31 @@ def _run_ray(
         refs[task.remote(run, str(sweep_dir), figures)] = (run, attempt)
         report(run, "running", attempts=attempt)
 
-    try:
-        with _stop_requests() as stop:
-            for run in todo:
-                submit(run, 1)
-            cancelled = False
-            while refs:
-                if stop.is_set() and not cancelled:
-                    cancelled = True
-                    for ref in refs:
-                        ray.cancel(ref)  # SIGINT in the task: it checkpoints and stops
-                ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    run, attempt = refs.pop(ref)
-                    try:
-                        res = ray.get(ref)
-                    except ray.exceptions.TaskCancelledError:
-                        report(run, "interrupted")
-                        continue
-                    except ray.exceptions.RayError as exc:
-                        error = f"worker died ({type(exc).__name__})"
-                        if attempt <= retries and not stop.is_set():
-                            report(run, "retrying", error=error)
-                            submit(run, attempt + 1)
-                        else:
-                            report(run, "failed", error=error)
-                        continue
-                    report(run, res.pop("status"), **res)
-            if stop.is_set():
-                raise KeyboardInterrupt
-    finally:
-        if started_here:
-            ray.shutdown()
+    with _stop_requests() as stop:
+        for run in todo:
+            submit(run, 1)
+        cancelled = False
+        while refs:
+            if stop.is_set() and not cancelled:
+                cancelled = True
+                for ref in refs:
+                    ray.cancel(ref)  # SIGINT in the task: it checkpoints and stops
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            for ref in ready:
+                run, attempt = refs.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    report(run, "interrupted")
+                    continue
+                except ray.exceptions.RayError as exc:
+                    error = f"worker died ({type(exc).__name__})"
+                    if attempt <= retries and not stop.is_set():
+                        report(run, "retrying", error=error)
+                        submit(run, attempt + 1)
+                    else:
+                        report(run, "failed", error=error)
+                    continue
+                report(run, res.pop("status"), **res)
+        if stop.is_set():
+            raise KeyboardInterrupt
