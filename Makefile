@@ -1,4 +1,5 @@
-# otsafe: `make run` runs the paper experiment, `make test` runs the checks and the tests.
+# otsafe: `make run` reproduces the OT-Q paper (experiment, beta sweep, report); `make test` runs
+# the checks and the tests.
 # Both create the virtual environment .venv and install what they need on first use.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV ?= .venv
 # e.g. `make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
-OUT ?= runs/otq-paper
+OUT ?= runs/reproduce
 
 .PHONY: install run test lint bench clean
 
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/otsafe run otq-paper --out $(OUT) --overwrite
+	$(VENV)/bin/otsafe reproduce otq --out $(OUT)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts

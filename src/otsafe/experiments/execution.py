@@ -120,7 +120,7 @@ def run_jobs(
     store: CheckpointStore | None = None,
     every: int = 0,
     progress: Callable[[int], object] | None = None,
-    torch_threads: int | None = 1,
+    torch_threads: int | None = None,
     log_dir: Path | None = None,
 ) -> list[R]:
     """Run ``fn(job, context)`` for every job; results in job order.
@@ -209,6 +209,7 @@ def execute_run(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    torch_threads: int | None = None,
 ) -> dict[str, Any]:
     """The life of one run: stage, run the jobs with checkpoints, write outputs, move into place.
 
@@ -216,6 +217,7 @@ def execute_run(
     directory and returns its summary; ``run_info`` (jobs, workers, wall seconds, machine,
     whether it was resumed) is added to the summary as ``summary["run"]``, and ``summary.json``
     is written last. With ``resume`` and an already finished run, returns its summary.
+    ``torch_threads`` is passed to :func:`run_jobs` (pool workers only).
     """
     import json
     import platform
@@ -248,6 +250,7 @@ def execute_run(
                 every=checkpoint_every,
                 progress=bar.update,
                 log_dir=run_dir.staging / "tensorboard",
+                torch_threads=torch_threads,
             )
         run_info = {
             "otsafe_version": otsafe.__version__,

@@ -187,7 +187,8 @@ def execute_jobs(
 
     No checkpoints (benchmarks and tests); :func:`run_experiment` is the full run.
     """
-    return run_jobs(run_job, jobs, workers=workers, progress=progress)
+    threads = 1 if jobs and jobs[0].config.agent.ot_method in ("sinkhorn", "auto") else None
+    return run_jobs(run_job, jobs, workers=workers, progress=progress, torch_threads=threads)
 
 
 # ------------------------------------------------------------------------------ summary
@@ -339,4 +340,7 @@ def run_experiment(
         overwrite=overwrite,
         resume=resume,
         progress=progress,
+        # Sinkhorn runs on torch: one thread per worker process (one process per core already).
+        # The exact solvers never import torch.
+        torch_threads=1 if config.agent.ot_method in ("sinkhorn", "auto") else None,
     )

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from otsafe.errors import SweepError
+from otsafe.experiments.dsrl_config import DSRLConfig
 from otsafe.experiments.execution import default_workers
 from otsafe.experiments.sweep import (
     SweepRun,
@@ -219,6 +220,7 @@ def _child(run: SweepRun, sweep_dir: Path, figures: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     error_file = _error_file(run, sweep_dir)
     error_file.unlink(missing_ok=True)
+    _one_thread_per_run(run)
     try:
         run_sweep_run(run, sweep_dir, figures)
     except KeyboardInterrupt:
@@ -227,6 +229,19 @@ def _child(run: SweepRun, sweep_dir: Path, figures: bool) -> None:
         error_file.write_text(f"{type(exc).__name__}: {exc}")
         sys.exit(1)
     sys.exit(0)
+
+
+def _one_thread_per_run(run: SweepRun) -> None:
+    """Runs run side by side, one per core: torch (DSRL, the Sinkhorn solver) gets one thread.
+
+    Tabular runs with exact OT never import torch, and this does not make them.
+    """
+    config = run.config
+    uses_torch = isinstance(config, DSRLConfig) or config.agent.ot_method in ("sinkhorn", "auto")
+    if uses_torch:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _run_local(
@@ -318,6 +333,7 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
 def _ray_task(run: SweepRun, sweep_dir: str, figures: bool) -> dict[str, Any]:
     """A sweep run inside a Ray worker; returns how it ended."""
     t0 = time.perf_counter()
+    _one_thread_per_run(run)
     try:
         run_sweep_run(run, Path(sweep_dir), figures)
     except KeyboardInterrupt:
