@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import one_line_error
 from otsafe.cli import main
 from otsafe.errors import ConfigError
 from otsafe.experiments.config import resolve_config
-
-
-def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("otsafe: error:"), err
-    return lines[0]
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])

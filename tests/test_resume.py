@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import one_line_error
 from otsafe.cli import main
 from otsafe.experiments.rundir import staging_path
 
@@ -172,15 +173,6 @@ def test_checkpoint_interval_does_not_change_the_metrics(
 
 
 # ------------------------------------------------------------------------------ bad input
-def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("otsafe: error:"), err
-    return lines[0]
-
-
 BASE = ["run", "otq-quick", "--seeds", "1", "--episodes", "4", "--workers", "1", *QUICK]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _helpers import one_line_error
 from otsafe.cli import main
 from otsafe.errors import SweepError
 from otsafe.experiments.reproduce import builtin_sweep, list_sweeps
@@ -40,15 +41,6 @@ def write_sweep(path: Path, data: dict[str, object]) -> Path:
 def read_index(sweep_dir: Path) -> list[dict[str, str]]:
     with (sweep_dir / "index.csv").open(newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("otsafe: error:"), err
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------ expansion
@@ -344,3 +336,14 @@ def test_ray_backend_gives_the_same_runs_as_the_local_pool(tmp_path: Path) -> No
         ).read_bytes()
     again = run_sweep(spec, tmp_path / "ray", backend="ray", workers=2, progress=False)
     assert (again.ran, again.skipped) == (0, 4)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--workers", "-1"), ("--retries", "-2")])
+def test_negative_workers_or_retries_exit_2(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = write_sweep(tmp_path / "s.yaml", SMALL)
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), flag, value, "--no-progress"]) == 2
+    assert flag in one_line_error(capsys)
+    assert not out.exists()

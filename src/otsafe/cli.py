@@ -175,9 +175,13 @@ def _print_sweep(outcome: Any) -> int:
 def _cmd_sweeps() -> int:
     from otsafe.experiments.reproduce import list_sweeps
 
-    sweeps = list_sweeps()
-    width = max(len(name) for name in sweeps)
-    for name, description in sweeps.items():
+    return _print_listing(list_sweeps())
+
+
+def _print_listing(entries: dict[str, str]) -> int:
+    """Print ``name  description`` lines, names aligned."""
+    width = max(len(name) for name in entries)
+    for name, description in entries.items():
         print(f"{name:<{width}}  {description}")
     return 0
 
@@ -292,11 +296,7 @@ def _fmt_pct(x: float | None) -> str:
 def _cmd_presets() -> int:
     from otsafe.experiments.config import list_presets
 
-    presets = list_presets()
-    width = max(len(name) for name in presets)
-    for name, description in presets.items():
-        print(f"{name:<{width}}  {description}")
-    return 0
+    return _print_listing(list_presets())
 
 
 def _cmd_render(args: argparse.Namespace) -> int:

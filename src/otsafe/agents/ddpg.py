@@ -46,6 +46,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from otsafe.agents._state import check_header
 from otsafe.errors import ConfigError
 from otsafe.safety.ambiguity import WassersteinBall, worst_case
 from otsafe.safety.barriers import Barrier
@@ -800,7 +801,7 @@ class DDPGAgent:
             the networks, optimisers or replay buffer, or (``strict``) was taken with other
             settings. The agent is unchanged then.
         """
-        _check_header(state, STATE_KIND, STATE_VERSION, _STATE_KEYS)
+        check_header(state, STATE_KIND, STATE_VERSION, _STATE_KEYS)
         spec = self._spec()
         saved = state["spec"]
         if not isinstance(saved, Mapping) or dict(saved) != spec:
@@ -921,27 +922,6 @@ def _to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, tuple):
         return tuple(_to_device(v, device) for v in value)
     return copy.deepcopy(value)
-
-
-def _check_header(state: Any, kind: str, version: int, keys: tuple[str, ...]) -> None:
-    """Raise ConfigError unless ``state`` is a mapping of ``kind``/``version`` with ``keys``."""
-    if not isinstance(state, Mapping):
-        raise ConfigError(
-            f"cannot load the state: expected the dict of state_dict(), got {type(state).__name__}"
-        )
-    if state.get("kind") != kind:
-        raise ConfigError(
-            f"cannot load the state: it is a {state.get('kind')!r} state, this agent reads "
-            f"{kind!r} states"
-        )
-    if state.get("version") != version:
-        raise ConfigError(
-            f"cannot load the state: format version {state.get('version')!r}, this otsafe reads "
-            f"version {version}"
-        )
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise ConfigError(f"cannot load the state: missing {', '.join(missing)}")
 
 
 def _describe_diff(saved: Any, mine: Mapping[str, Any]) -> str:

@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from otsafe.agents._state import check_header
 from otsafe.envs.gridworld import GridWorld
 from otsafe.errors import ConfigError
 from otsafe.markov import ChainModel, epsilon_greedy_policy
@@ -471,7 +472,7 @@ class QLearning:
             map, has mis-shaped tables or an OT plan of another solver, or (``strict``) was taken
             with other settings. The agent is unchanged then.
         """
-        _check_header(state, STATE_KIND, STATE_VERSION, _STATE_KEYS)
+        check_header(state, STATE_KIND, STATE_VERSION, _STATE_KEYS)
         mine = self._map_signature()
         theirs = state["map"]
         if not isinstance(theirs, Mapping) or theirs.get("fingerprint") != mine["fingerprint"]:
@@ -651,27 +652,6 @@ class QLearning:
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def _check_header(state: Any, kind: str, version: int, keys: tuple[str, ...]) -> None:
-    """Raise ConfigError unless ``state`` is a mapping of ``kind``/``version`` with ``keys``."""
-    if not isinstance(state, Mapping):
-        raise ConfigError(
-            f"cannot load the state: expected the dict of state_dict(), got {type(state).__name__}"
-        )
-    if state.get("kind") != kind:
-        raise ConfigError(
-            f"cannot load the state: it is a {state.get('kind')!r} state, this agent reads "
-            f"{kind!r} states"
-        )
-    if state.get("version") != version:
-        raise ConfigError(
-            f"cannot load the state: format version {state.get('version')!r}, this otsafe reads "
-            f"version {version}"
-        )
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise ConfigError(f"cannot load the state: missing {', '.join(missing)}")
-
-
 def _check_settings(saved: Any, mine: dict[str, Any]) -> None:
     """Raise ConfigError listing the settings that differ (strict loading)."""
     if not isinstance(saved, Mapping):

@@ -106,7 +106,9 @@ def run_sweep(
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}; choose local or ray")
     if retries < 0:
-        raise SweepError(f"retries must be non-negative, got {retries}")
+        raise SweepError(f"--retries must be non-negative, got {retries}")
+    if workers < 0:
+        raise SweepError(f"--workers must be non-negative (0 = one per core), got {workers}")
     if address is not None and backend != "ray":
         raise SweepError("a cluster address needs --backend ray")
     runs = expand_sweep(spec)  # every run validated before anything is created
