@@ -197,6 +197,7 @@ def test_sweep_runs_everything_then_a_rerun_runs_nothing(
         assert json.loads(row["summary"])["ot-q"]["collisions_total"] == (
             summary["methods"]["ot-q"]["collisions_total"]["mean"]
         )
+        assert json.loads(row["config"]) == yaml.safe_load((run_dir / "config.yaml").read_text())
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "index.csv"}
     capsys.readouterr()
     assert main(["sweep", str(sweep), "--out", str(out), "--workers", "2", "--no-progress"]) == 0

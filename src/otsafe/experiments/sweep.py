@@ -23,8 +23,8 @@ expands to one *run* per (point, method, seed): the base config with the point's
 before anything runs, so an unknown key or a bad value fails the whole sweep at once.
 
 The sweep directory holds ``sweep.yaml`` (the sweep as resolved), ``index.csv`` (one row per run:
-status, attempts, point, method, seed, run directory, seconds, error, and the headline numbers
-of its summary) and ``runs/<run>/``, each a normal run directory labelled with its point
+status, attempts, point, method, seed, run directory, seconds, error, the point's overrides, the
+headline numbers of its summary, and its full resolved config as JSON) and ``runs/<run>/``, each a normal run directory labelled with its point
 (``summary["run"]["label"]``). Running the same sweep again skips finished runs and resumes or
 re-runs the others from their checkpoints; a different sweep in the same directory is refused.
 
@@ -72,6 +72,7 @@ INDEX_COLUMNS = (
     "error",
     "overrides",
     "summary",
+    "config",
 )
 
 
@@ -323,6 +324,7 @@ def write_index(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
                 **row,
                 "overrides": json.dumps(row.get("overrides", {})),
                 "summary": json.dumps(row.get("summary", {})),
+                "config": json.dumps(row.get("config", {})),
             }
         )
     atomic_write_text(sweep_dir / "index.csv", buf.getvalue())

@@ -131,6 +131,7 @@ def run_sweep(
             "dir": str(run.directory(sweep_dir).relative_to(sweep_dir)),
             "overrides": run.overrides,
             "summary": _read_headline(run, sweep_dir) if status == "done" else {},
+            "config": run.config.model_dump(mode="json"),
         }
     todo = [run for run in runs if rows[run.run_id]["status"] != "done"]
     outcome = SweepOutcome(sweep_dir, list(rows.values()), skipped=len(runs) - len(todo))
