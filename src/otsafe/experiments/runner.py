@@ -111,6 +111,12 @@ def run_job(job: RunJob, ctx: JobContext | None = None) -> JobResult:
         result: JobResult = saved["result"]
         return result
     cfg = job.config
+    if cfg.agent.ot_method in ("sinkhorn", "auto"):
+        import torch
+
+        # The Sinkhorn solver's matrix products round differently with other thread counts:
+        # one thread, wherever the job runs, keeps the same seed giving the same metrics.
+        torch.set_num_threads(1)
     env = make_env(cfg)
     agent_cfg = cfg.agent
     agent = QLearning(
