@@ -22,13 +22,14 @@ expands to one *run* per (point, method, seed): the base config with the point's
 ``experiment.workers: 1`` (parallelism is across runs). Every run is resolved and validated
 before anything runs, so an unknown key or a bad value fails the whole sweep at once.
 
-The sweep directory holds ``sweep.yaml`` (the sweep as resolved), ``index.csv`` (one row per run:
-status, attempts, point, method, seed, run directory, seconds, error, the point's overrides, the
-headline numbers of its summary, and its full resolved config as JSON) and ``runs/<run>/``, each a normal run directory labelled with its point
+The sweep directory holds ``sweep.yaml`` (the sweep as resolved), ``index.csv`` (one row per
+run: status, attempts, point, method, seed, run directory, seconds, error, the point's
+overrides, the headline numbers of its summary, and its full resolved config as JSON) and
+``runs/<run>/``, each a normal run directory labelled with its point
 (``summary["run"]["label"]``). Running the same sweep again skips finished runs and resumes or
 re-runs the others from their checkpoints; a different sweep in the same directory is refused.
 
-Backends (:mod:`otsafe.experiments.backends`): a local process pool (default) or Ray.
+Backends (:mod:`otsafe.experiments.sweep_runner`): a local process pool (default) or Ray.
 """
 
 from __future__ import annotations
