@@ -3,9 +3,10 @@
 A stop request (SIGINT, i.e. Ctrl-C, or SIGTERM, as cluster schedulers send) does not kill the
 jobs: it sets an event that every job checks after each episode; a job then writes its
 checkpoint and raises :class:`~otsafe.experiments.checkpoint.StopRequested`. A second SIGINT
-stops at once (the jobs lose what they did since their last checkpoint). Pool workers ignore
-SIGINT, so that Ctrl-C in a terminal (which signals the whole process group) reaches them only
-through the event.
+interrupts this process at once: a job running in it loses what it did since its last checkpoint,
+while pool workers still finish their episode and checkpoint. Pool workers ignore SIGINT, so that
+Ctrl-C in a terminal (which signals the whole process group) reaches them only through the
+event.
 
 When a job fails, the others are asked to stop the same way, and the first error is re-raised
 once they have checkpointed.
