@@ -24,12 +24,12 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from otsafe.agents.tabular import OTQLearning
 from otsafe.envs.gridmap import load_map
 from otsafe.errors import ConfigError, OtsafeError, SafetyValuesError
-from otsafe.experiments.dsrl_config import DSRLConfig
+from otsafe.experiments.dsrl_config import DSRLConfig, StrictModel
 
 __all__ = [
     "AgentConfig",
@@ -51,11 +51,7 @@ def _default_methods() -> list[Method]:
     return ["q-learning", "ot-q"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     """What to run: methods, seeds, episodes, parallelism."""
 
     name: str = "otq-paper"
@@ -100,7 +96,7 @@ class ExperimentConfig(_Strict):
         return value
 
 
-class EnvConfig(_Strict):
+class EnvConfig(StrictModel):
     """The gridworld."""
 
     map: str = "paper"
@@ -110,7 +106,7 @@ class EnvConfig(_Strict):
     )
 
 
-class AgentConfig(_Strict):
+class AgentConfig(StrictModel):
     """Q-learning / OT-Q hyperparameters (DESIGN §1 defaults)."""
 
     alpha: float = Field(0.1, gt=0, le=1)
@@ -139,7 +135,7 @@ class AgentConfig(_Strict):
     ot_dtype: Literal["float64", "float32"] = "float64"
 
 
-class OTQConfig(_Strict):
+class OTQConfig(StrictModel):
     """A complete OT-Q experiment."""
 
     kind: Literal["otq"] = "otq"
@@ -147,9 +143,6 @@ class OTQConfig(_Strict):
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------- presets

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["DSRLConfig", "DSRLMethod"]
+__all__ = ["DSRLConfig", "DSRLMethod", "StrictModel"]
 
 DSRLMethod = Literal["ddpg", "ddpg-cbf", "dsrl"]
 
@@ -34,11 +34,17 @@ def _all_directions() -> list[Direction]:
     return ["fixed", "random", "worst"]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def to_yaml(self) -> str:
+        """The model as YAML, in field order (what ``config.yaml`` holds)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-class DSRLExperiment(_Strict):
+
+class DSRLExperiment(StrictModel):
     """What to run."""
 
     name: str = "dsrl-dubins"
@@ -63,7 +69,7 @@ class DSRLExperiment(_Strict):
         return value
 
 
-class DSRLEnv(_Strict):
+class DSRLEnv(StrictModel):
     """The environment and its nominal uncertainty p0 (a Gaussian)."""
 
     id: Literal["dubins", "quadrotor"] = "dubins"
@@ -74,7 +80,7 @@ class DSRLEnv(_Strict):
     nominal_std: float = Field(0.1, ge=0)
 
 
-class DSRLAgent(_Strict):
+class DSRLAgent(StrictModel):
     """DDPG hyperparameters (:class:`otsafe.agents.ddpg.DDPGConfig`)."""
 
     hidden: list[int] = Field(default_factory=lambda: [128, 128], min_length=1)
@@ -89,7 +95,7 @@ class DSRLAgent(_Strict):
     updates_per_step: int = Field(1, ge=1)
 
 
-class DSRLSafety(_Strict):
+class DSRLSafety(StrictModel):
     """The safety layer (:class:`otsafe.agents.ddpg.SafetyConfig`); ``mode`` comes from the
     method."""
 
@@ -113,7 +119,7 @@ class DSRLSafety(_Strict):
     )
 
 
-class DSRLEval(_Strict):
+class DSRLEval(StrictModel):
     """Evaluation under distribution shift (DESIGN §2)."""
 
     deltas: list[float] = Field(
@@ -139,7 +145,7 @@ class DSRLEval(_Strict):
         return value
 
 
-class DSRLConfig(_Strict):
+class DSRLConfig(StrictModel):
     """A complete DSRL experiment."""
 
     kind: Literal["dsrl"] = "dsrl"
@@ -149,6 +155,3 @@ class DSRLConfig(_Strict):
     agent: DSRLAgent = Field(default_factory=DSRLAgent)
     safety: DSRLSafety = Field(default_factory=DSRLSafety)
     eval: DSRLEval = Field(default_factory=DSRLEval)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
