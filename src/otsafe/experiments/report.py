@@ -40,6 +40,8 @@ DSRL (``metrics.csv`` for training, ``eval.csv`` for evaluation):
 * *train violation rate*: share of training episodes with a violation (lower is better);
 * *nominal violation rate*, *success rate*: the evaluation at zero shift (the first row with
   ``distribution = shift`` and ``delta_over_rho = 0``; all directions coincide there);
+* *violation rate, worst shift δ = ρ*: direction ``worst`` at ``delta_over_rho`` 1, the edge
+  of the ambiguity set (left out if absent);
 * *worst-case violation rate*: direction ``worst`` at the largest shift (left out if absent).
 
 Statistics
@@ -156,6 +158,7 @@ METRICS: dict[str, tuple[_Metric, ...]] = {
         _Metric("return", "return", True, True),
         _Metric("train_violation", "train violation rate", False, True),
         _Metric("nominal_violation", "nominal violation rate", False, True),
+        _Metric("worst_violation_rho", "violation rate, worst shift δ = ρ", False, True),
         _Metric("worst_violation", "worst-case violation rate", False, True),
         _Metric("success", "success rate", True, False),
     ),
@@ -170,8 +173,10 @@ METRIC_NOTES = {
     "dsrl": (
         f"return: mean training return over the last {DSRL_FINAL_EPISODES} episodes; train "
         "violation rate: share of training episodes with a violation; nominal violation rate "
-        "and success rate: evaluation without shift; worst-case violation rate: evaluation "
-        "shifted in the worst direction by the largest delta."
+        "and success rate: evaluation without shift; violation rate at δ = ρ: the mean shifted "
+        "by the Wasserstein radius in the worst direction (the edge of the ambiguity set; the "
+        "unit is eval.reference_radius where a run sets it, as the rho sweeps do); "
+        "worst-case violation rate: shifted in the worst direction by the largest delta."
     ),
 }
 
@@ -322,6 +327,7 @@ def _dsrl_seeds(path: Path) -> dict[tuple[str, int], _Seed]:
     eval_rows = _read_csv(eval_path, ("method", "seed", *eval_columns, "success_rate"))
     nominal: dict[tuple[str, int], tuple[float, float]] = {}
     worst: dict[tuple[str, int], tuple[float, float]] = {}  # (delta, violation rate)
+    at_rho: dict[tuple[str, int], float] = {}  # worst direction, delta = rho
     for line, row in eval_rows:
         key = (row["method"], _integer(eval_path, line, row, "seed"))
         if row["distribution"] != "shift":
@@ -332,6 +338,8 @@ def _dsrl_seeds(path: Path) -> dict[tuple[str, int], _Seed]:
             nominal[key] = (rate, _number(eval_path, line, row, "success_rate"))
         if row["direction"] == "worst" and (key not in worst or delta > worst[key][0]):
             worst[key] = (delta, rate)
+        if row["direction"] == "worst" and delta == 1:
+            at_rho[key] = rate
     out = {}
     for key, s in series.items():
         k_final = min(DSRL_FINAL_EPISODES, s["return"].size)
@@ -340,6 +348,7 @@ def _dsrl_seeds(path: Path) -> dict[tuple[str, int], _Seed]:
             "return": float(s["return"][-k_final:].mean()),
             "train_violation": float(s["violation"].mean()),
             "nominal_violation": nominal_rate,
+            "worst_violation_rho": at_rho.get(key, math.nan),
             "worst_violation": worst[key][1] if key in worst else math.nan,
             "success": success,
         }
