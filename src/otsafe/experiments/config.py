@@ -16,7 +16,7 @@ the key and the allowed range.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -150,16 +150,20 @@ def _preset_dir() -> Any:
     return resources.files("otsafe.experiments").joinpath("presets")
 
 
-def list_presets() -> dict[str, str]:
-    """Built-in presets: name -> one-line description."""
+def list_builtin(folder: str, describe: Callable[[dict[str, Any]], Any]) -> dict[str, str]:
+    """Built-in YAML files of ``otsafe/experiments/<folder>``: name -> ``describe(content)``."""
     out = {}
-    for entry in sorted(_preset_dir().iterdir(), key=lambda p: p.name):
+    directory = resources.files("otsafe.experiments").joinpath(folder)
+    for entry in sorted(directory.iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".yaml"):
             data = yaml.safe_load(entry.read_text()) or {}
-            out[entry.name[: -len(".yaml")]] = str(
-                data.get("experiment", {}).get("description", "")
-            )
+            out[entry.name[: -len(".yaml")]] = str(describe(data))
     return out
+
+
+def list_presets() -> dict[str, str]:
+    """Built-in presets: name -> one-line description."""
+    return list_builtin("presets", lambda d: d.get("experiment", {}).get("description", ""))
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -217,17 +221,24 @@ def _deep_copy(value: Any) -> Any:
 
 
 def _load_yaml_file(path: str | Path) -> dict[str, Any]:
+    return read_yaml_mapping(path, ConfigError, "config file")
+
+
+def read_yaml_mapping(
+    path: str | Path, error: type[OtsafeError], what: str
+) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (``{}`` if empty); else ``error`` naming ``what``."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise error(f"{what} {str(p)!r} does not exist")
     try:
         data = yaml.safe_load(p.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config file {str(p)!r}: {exc}") from None
+        raise error(f"cannot read {what} {str(p)!r}: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values")
+        raise error(f"{what} {str(p)!r} must hold a mapping of keys to values")
     return data
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from otsafe.errors import SweepError
+from otsafe.experiments.config import list_builtin
 from otsafe.experiments.sweep import SweepSpec, load_sweep, parse_sweep
 
 __all__ = ["PAPERS", "ReproduceResult", "list_sweeps", "reproduce", "resolve_sweep"]
@@ -48,12 +49,7 @@ def _sweep_dir() -> Any:
 
 def list_sweeps() -> dict[str, str]:
     """Built-in sweeps: name -> description."""
-    out = {}
-    for entry in sorted(_sweep_dir().iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".yaml"):
-            data = yaml.safe_load(entry.read_text()) or {}
-            out[entry.name[: -len(".yaml")]] = str(data.get("description", ""))
-    return out
+    return list_builtin("sweeps", lambda d: d.get("description", ""))
 
 
 def builtin_sweep(name: str) -> SweepSpec:

@@ -47,7 +47,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from otsafe.errors import OtsafeError, SweepError
-from otsafe.experiments.config import OTQConfig, resolve_config
+from otsafe.experiments.config import OTQConfig, read_yaml_mapping, resolve_config
 from otsafe.experiments.dsrl_config import DSRLConfig
 from otsafe.experiments.rundir import atomic_write_text, is_complete_run, staging_path
 
@@ -146,15 +146,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         of ``preset`` and ``config``.
     """
     p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"sweep file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SweepError(f"cannot read sweep file {str(p)!r}: {exc}") from None
-    if not isinstance(data, dict):
-        raise SweepError(f"sweep file {str(p)!r} must hold a mapping (preset, set, grid, ...)")
-    spec = parse_sweep(data, where=str(p))
+    spec = parse_sweep(read_yaml_mapping(p, SweepError, "sweep file"), where=str(p))
     updates: dict[str, Any] = {}
     if spec.name is None:
         updates["name"] = p.stem
