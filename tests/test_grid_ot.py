@@ -770,3 +770,32 @@ def test_auto_is_sinkhorn_above_threshold():
     # An explicit method wins over the rule.
     small = _cells_with_mass(4, shape)
     assert isinstance(grid_plan(small, small, "sinkhorn", epsilon=50.0), GridSinkhornPlan)
+
+
+def test_adaptive_state_round_trip_continues_bit_for_bit() -> None:
+    """A solver that loads another's adaptive block state solves exactly like it from then on."""
+    rng = np.random.default_rng(7)
+    a, b = _hist(rng, (24, 24)), _hist(rng, (24, 24))
+    first = GridSinkhorn((24, 24), epsilon=0.5, tol=1e-9)
+    first.solve(a, b)
+    state = first.adaptive_state()
+    assert state  # the passes have adapted
+    second = GridSinkhorn((24, 24), epsilon=0.5, tol=1e-9)
+    second.load_adaptive_state(state)
+    assert second.adaptive_state() == state
+    a2 = _hist(rng, (24, 24))
+    p1, p2 = first.solve(a2, b), second.solve(a2, b)
+    assert torch.equal(p1.f, p2.f)
+    assert torch.equal(p1.g, p2.g)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [[1, 2], {"f:00": [[8, 0, 0, 0]]}, {"f:00": [[0, 0, 0, 0], [8, 0, 0, 0]]}, {"f:00": "x"}],
+)
+def test_malformed_adaptive_state_is_refused_and_changes_nothing(state: object) -> None:
+    solver = GridSinkhorn((8, 8), epsilon=1.0)
+    before = solver.adaptive_state()
+    with pytest.raises(ValueError, match=r"expected|block|passes"):
+        solver.load_adaptive_state(state)
+    assert solver.adaptive_state() == before

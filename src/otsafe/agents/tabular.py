@@ -52,12 +52,7 @@ from otsafe.markov import ChainModel, epsilon_greedy_policy
 from otsafe.transport.costs import sqeuclidean_cost
 from otsafe.transport.exact import ExactOT, OTSolution
 from otsafe.transport.grid import AUTO_EXACT_MAX_CELLS
-from otsafe.transport.grid_sinkhorn import (
-    GridSinkhorn,
-    GridSinkhornPlan,
-    SinkhornInfo,
-    _AxisPass,
-)
+from otsafe.transport.grid_sinkhorn import GridSinkhorn, GridSinkhornPlan, SinkhornInfo
 from otsafe.transport.tripartite import GridExactOT, GridPlan
 
 __all__ = ["EpisodeMetrics", "OTMethod", "OTQLearning", "QLearning", "StateDistribution"]
@@ -493,7 +488,7 @@ class QLearning:
         p_pi = _vector_or_none(state["last_state_distribution"], "last_state_distribution", (n,))
         last_policy = _vector_or_none(state["last_policy"], "last_policy", (n, 4))
         plan = self._plan_from_state(state["last_plan"])
-        passes = self._passes_from_state(state["sinkhorn_passes"])
+        self._check_passes_state(state["sinkhorn_passes"])
         try:
             episodes_done = int(state["episodes_done"])
             epsilon = float(state["epsilon"])
@@ -515,7 +510,7 @@ class QLearning:
         self.last_state_distribution = p_pi
         self._last_policy = last_policy
         if isinstance(self._ot, GridSinkhorn):
-            self._ot._softmin._passes = passes
+            self._ot.load_adaptive_state(dict(state["sinkhorn_passes"]))
 
     def _map_signature(self) -> dict[str, Any]:
         """Name, shape and a fingerprint of the layout (obstacles, start, goal) of the map."""
@@ -559,46 +554,26 @@ class QLearning:
 
     def _passes_state(self) -> dict[str, list[list[int]]] | None:
         """The adaptive state of the Sinkhorn solver's axis passes (None for exact solvers)."""
-        if not isinstance(self._ot, GridSinkhorn):
-            return None
-        return {
-            key: [[p.block, p._clean_streak, p.entries, p.fallbacks] for p in pair]
-            for key, pair in self._ot._softmin._passes.items()
-        }
+        return self._ot.adaptive_state() if isinstance(self._ot, GridSinkhorn) else None
 
-    def _passes_from_state(self, state: Any) -> dict[str, tuple[_AxisPass, _AxisPass]]:
-        """Fresh axis passes with the saved state (checked; nothing is changed yet)."""
+    def _check_passes_state(self, state: Any) -> None:
+        """Raise ConfigError unless ``state`` fits this agent's OT solver (nothing changes)."""
         if not isinstance(self._ot, GridSinkhorn):
             if state is not None:
                 raise ConfigError(
                     "cannot load the state: it holds Sinkhorn solver state, this agent uses "
                     f"ot_method={self.ot_method!r}"
                 )
-            return {}
+            return
         if not isinstance(state, Mapping):
             raise ConfigError(
                 "cannot load the state: it holds no Sinkhorn solver state, this agent uses "
                 "ot_method='sinkhorn'"
             )
-        passes: dict[str, tuple[_AxisPass, _AxisPass]] = {}
-        for key, pair in state.items():
-            built = []
-            try:
-                for block, streak, entries, fallbacks in pair:
-                    p = _AxisPass(int(block))
-                    p._clean_streak = int(streak)
-                    p.entries, p.fallbacks = int(entries), int(fallbacks)
-                    if p.block < 1:
-                        raise ValueError("block sizes must be positive")
-                    built.append(p)
-                if len(built) != 2:
-                    raise ValueError("two passes per key")
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(
-                    f"cannot load the state: bad Sinkhorn pass state for {key!r} ({exc})"
-                ) from None
-            passes[str(key)] = (built[0], built[1])
-        return passes
+        try:
+            GridSinkhorn.check_adaptive_state(dict(state))
+        except ValueError as exc:
+            raise ConfigError(f"cannot load the state: bad Sinkhorn pass state ({exc})") from None
 
     def _plan_from_state(self, state: Any) -> GridPlan | OTSolution | GridSinkhornPlan | None:
         """The plan saved by :func:`_plan_state`, checked against this agent's solver."""

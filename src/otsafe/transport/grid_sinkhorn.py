@@ -248,6 +248,24 @@ class _AxisPass:
         self.fallbacks = 0
         self._clean_streak = 0
 
+    def state(self) -> list[int]:
+        """``[block, clean_streak, entries, fallbacks]``."""
+        return [self.block, self._clean_streak, self.entries, self.fallbacks]
+
+    @classmethod
+    def from_state(cls, values: Any) -> _AxisPass:
+        """A pass with the given :meth:`state`; ``ValueError`` if it is malformed."""
+        try:
+            block, streak, entries, fallbacks = (int(v) for v in values)
+        except (TypeError, ValueError) as exc:
+            expected = "[block, streak, entries, fallbacks]"
+            raise ValueError(f"expected {expected}, got {values!r}") from exc
+        if block < 1 or min(streak, entries, fallbacks) < 0:
+            raise ValueError(f"block must be positive and counters non-negative, got {values!r}")
+        p = cls(block)
+        p._clean_streak, p.entries, p.fallbacks = streak, entries, fallbacks
+        return p
+
     def __call__(self, h: torch.Tensor, logk: torch.Tensor) -> torch.Tensor:
         n_rows = h.shape[0]
         b = min(self.block, n_rows)
@@ -261,9 +279,9 @@ class _AxisPass:
             redo = redo[sub_bad.any(dim=1)] if b > 1 else redo[:0]
         self.entries += n_rows
         self.fallbacks += n_redo
-        # Adapt the starting block size for the next call (the result never depends on it):
-        # halve it when more than a quarter of the rows needed smaller blocks, try doubling it
-        # after a run of clean passes.
+        # Adapt the starting block size for the next call (the result depends on it only in the
+        # last bits, through rounding; see GridSinkhorn.adaptive_state): halve it when more than a
+        # quarter of the rows needed smaller blocks, try doubling it after a run of clean passes.
         if n_redo > n_rows // 4 and self.block > 1:
             self.block //= 2
             self._clean_streak = 0
@@ -345,6 +363,22 @@ class _SoftMin:
         col_pass, row_pass = self._passes[key]
         t = col_pass(h, logk_c)  # (H, W): over columns l for each row k
         return row_pass(t.T.contiguous(), logk_r).T.contiguous()  # over rows k
+
+    def state(self) -> dict[str, list[list[int]]]:
+        """The adaptive state of every pair of axis passes."""
+        return {key: [p.state() for p in pair] for key, pair in self._passes.items()}
+
+    @staticmethod
+    def passes_from_state(state: Any) -> dict[str, tuple[_AxisPass, _AxisPass]]:
+        """Axis passes rebuilt from :meth:`state`; ``ValueError`` if it is malformed."""
+        if not isinstance(state, dict):
+            raise ValueError(f"expected a mapping of pass pairs, got {type(state).__name__}")
+        passes = {}
+        for key, pair in state.items():
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"{key!r}: expected two passes, got {pair!r}")
+            passes[str(key)] = (_AxisPass.from_state(pair[0]), _AxisPass.from_state(pair[1]))
+        return passes
 
     def counters(self) -> tuple[int, int]:
         """``(entries, fallbacks)`` over all passes so far."""
@@ -540,6 +574,25 @@ class GridSinkhorn:
         cols = torch.arange(w, dtype=self.dtype, device=self.device)
         self._softmin = _SoftMin(rows, cols)
         self._diameter2 = float((h - 1) ** 2 + (w - 1) ** 2)
+
+    def adaptive_state(self) -> dict[str, list[list[int]]]:
+        """The block sizes (and counters) the axis passes have adapted to, for checkpoints.
+
+        The plans are exact to the tolerance whatever the block sizes, but the block-stabilised
+        sums round differently for different sizes, so a solver restarted from the default sizes
+        differs from a continuing one in the last bits. Saving this and restoring it with
+        :meth:`load_adaptive_state` makes a resumed run continue bit for bit.
+        """
+        return self._softmin.state()
+
+    @staticmethod
+    def check_adaptive_state(state: Any) -> None:
+        """Raise ``ValueError`` unless ``state`` is what :meth:`adaptive_state` returns."""
+        _SoftMin.passes_from_state(state)
+
+    def load_adaptive_state(self, state: Any) -> None:
+        """Restore :meth:`adaptive_state` (``ValueError`` if malformed; nothing changes then)."""
+        self._softmin._passes = _SoftMin.passes_from_state(state)
 
     def solve(
         self, a: ArrayLike, b: ArrayLike, *, warm_start: GridSinkhornPlan | None = None
