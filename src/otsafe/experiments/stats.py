@@ -30,7 +30,6 @@ Conventions shared by the bootstrap functions
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -163,11 +162,6 @@ def _check_options(confidence: float, n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
 
 
-def _rng_keyword() -> str:
-    """``rng`` (SciPy >= 1.15) or, on older SciPy, ``random_state``."""
-    return "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
-
-
 def _percentile_interval(
     samples: Sequence[NDArray[np.float64]],
     statistic: Callable[..., NDArray[np.float64]],
@@ -186,7 +180,7 @@ def _percentile_interval(
         vectorized=True,
         confidence_level=confidence,
         method="percentile",
-        **{_rng_keyword(): np.random.default_rng(seed)},
+        rng=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
