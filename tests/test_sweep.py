@@ -348,3 +348,52 @@ def test_negative_workers_or_retries_exit_2(
     assert main(["sweep", str(sweep), "--out", str(out), flag, value, "--no-progress"]) == 2
     assert flag in one_line_error(capsys)
     assert not out.exists()
+
+
+def _ray_task_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::_ray_task"], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_ray_worker_killed_mid_run_is_reported_and_its_run_retried(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    data = {
+        "preset": "otq-paper",
+        "set": {"experiment.episodes": 300, "experiment.checkpoint_every": 10},
+        "methods": ["ot-q"],
+        "seeds": 1,
+    }
+    sweep = write_sweep(tmp_path / "s.yaml", data)
+    out = tmp_path / "out"
+    argv = [str(OTSAFE), "sweep", str(sweep), "--out", str(out), "--backend", "ray"]
+    proc = subprocess.Popen(
+        [*argv, "--workers", "1", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    staging = out / "runs" / ".p000-ot-q-seed0.partial" / "checkpoints"
+    deadline = time.monotonic() + 180
+    while not (staging.is_dir() and any(staging.glob("*.ckpt"))):
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    pids = _ray_task_pids()
+    assert pids, "no Ray worker is running the task"
+    for pid in pids:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "worker died" in stderr
+    assert "retrying" in stderr
+    row = read_index(out)[0]
+    assert row["status"] == "done"
+    assert row["attempts"] == "2"
+    reference = tmp_path / "ref"
+    argv = ["run", "otq-paper", "--out", str(reference), "--no-progress", "--no-figures"]
+    argv += ["--seeds", "1", "--episodes", "300", "--set", "experiment.methods=[ot-q]"]
+    assert main(argv) == 0
+    assert (out / row["dir"] / "metrics.csv").read_bytes() == (
+        reference / "metrics.csv"
+    ).read_bytes()
