@@ -799,3 +799,10 @@ def test_malformed_adaptive_state_is_refused_and_changes_nothing(state: object) 
     with pytest.raises(ValueError, match=r"expected|block|passes"):
         solver.load_adaptive_state(state)
     assert solver.adaptive_state() == before
+
+
+def test_plan_source_is_the_input_histogram() -> None:
+    rng = np.random.default_rng(3)
+    a, b = _hist(rng, (9, 7)), _hist(rng, (9, 7))
+    plan = GridSinkhorn((9, 7), epsilon=1.0).solve(3.0 * a, 3.0 * b)
+    np.testing.assert_allclose(plan.source(), 3.0 * a, rtol=1e-12, atol=0)

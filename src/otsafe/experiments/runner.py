@@ -175,15 +175,11 @@ def _barycentric_arrows(plan: GridSinkhornPlan) -> NDArray[np.float64]:
     bary = plan.barycentric_map().reshape(-1, 2)
     h, w = plan.shape
     cells = np.stack(np.divmod(np.arange(h * w), w), axis=1).astype(np.float64)
-    mass = np.exp(_to_numpy_log_a(plan)) * plan.mass
+    mass = plan.source().reshape(-1)
     moving = np.isfinite(bary[:, 0]) & (np.linalg.norm(bary - cells, axis=1) >= 0.5)
     idx = np.flatnonzero(moving)
     idx = idx[np.argsort(mass[idx])[::-1][:_MAX_ARROWS]]
     return np.column_stack([cells[idx], bary[idx], mass[idx]])
-
-
-def _to_numpy_log_a(plan: GridSinkhornPlan) -> NDArray[np.float64]:
-    return np.asarray(plan.log_a.reshape(-1).double().cpu().numpy(), dtype=np.float64)
 
 
 def execute_jobs(

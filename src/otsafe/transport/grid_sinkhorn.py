@@ -482,6 +482,10 @@ class GridSinkhornPlan:
         bary[~np.isfinite(_to_numpy(self.log_a))] = np.nan
         return bary
 
+    def source(self) -> NDArray[np.float64]:
+        """The source histogram :math:`a` the plan was solved for, ``(H, W)`` float64."""
+        return _to_numpy(self.log_a.exp()) * self.mass
+
     def potentials(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """``(f, g)`` as ``(H, W)`` float64 arrays (cell^2 units)."""
         return _to_numpy(self.f), _to_numpy(self.g)
