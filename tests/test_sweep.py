@@ -250,49 +250,6 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in path.read_text().split()]
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_a_worker_killed_mid_run_is_reported_and_its_run_retried(tmp_path: Path) -> None:
-    data = {
-        "preset": "otq-paper",
-        "set": {"experiment.episodes": 300, "experiment.checkpoint_every": 10},
-        "methods": ["ot-q"],
-        "seeds": 1,
-    }
-    sweep = write_sweep(tmp_path / "s.yaml", data)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [str(OTSAFE), "sweep", str(sweep), "--out", str(out), "--workers", "1", "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    staging = out / "runs" / ".p000-ot-q-seed0.partial" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not any(staging.glob("*.ckpt")) if staging.is_dir() else True:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
-    workers = _children(proc.pid)
-    assert workers, "the sweep has no worker process"
-    for pid in workers:
-        subprocess.run(["kill", "-9", str(pid)], check=False)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
-    assert "worker died (SIGKILL)" in stderr
-    assert "retrying" in stderr
-    row = read_index(out)[0]
-    assert row["status"] == "done"
-    assert row["attempts"] == "2"
-    # Nothing finished was lost, and the retried run equals an uninterrupted one.
-    reference = tmp_path / "ref"
-    argv = ["run", "otq-paper", "--out", str(reference), "--no-progress", "--no-figures"]
-    argv += ["--seeds", "1", "--episodes", "300", "--set", "experiment.methods=[ot-q]"]
-    assert main(argv) == 0
-    assert (out / row["dir"] / "metrics.csv").read_bytes() == (
-        reference / "metrics.csv"
-    ).read_bytes()
-
-
 def test_sigint_stops_a_sweep_and_the_next_invocation_finishes_it(tmp_path: Path) -> None:
     data = {
         "preset": "otq-paper",
@@ -350,14 +307,22 @@ def test_negative_workers_or_retries_exit_2(
     assert not out.exists()
 
 
-def _ray_task_pids() -> list[int]:
+def _ray_task_pids(_: int) -> list[int]:
     out = subprocess.run(["pgrep", "-f", "ray::_ray_task"], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_a_ray_worker_killed_mid_run_is_reported_and_its_run_retried(tmp_path: Path) -> None:
-    pytest.importorskip("ray")
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_worker_killed_mid_run_is_reported_and_its_run_retried(
+    backend: str, tmp_path: Path
+) -> None:
+    """SIGKILL the process running a sweep's run (a local worker process, or the Ray worker
+    executing the task) after its first checkpoint: the sweep reports it, retries the run from
+    its checkpoints, and the run ends byte-identical to an uninterrupted one."""
+    if backend == "ray":
+        pytest.importorskip("ray")
+    find_workers = _ray_task_pids if backend == "ray" else _children
     data = {
         "preset": "otq-paper",
         "set": {"experiment.episodes": 300, "experiment.checkpoint_every": 10},
@@ -366,7 +331,7 @@ def test_a_ray_worker_killed_mid_run_is_reported_and_its_run_retried(tmp_path: P
     }
     sweep = write_sweep(tmp_path / "s.yaml", data)
     out = tmp_path / "out"
-    argv = [str(OTSAFE), "sweep", str(sweep), "--out", str(out), "--backend", "ray"]
+    argv = [str(OTSAFE), "sweep", str(sweep), "--out", str(out), "--backend", backend]
     proc = subprocess.Popen(
         [*argv, "--workers", "1", "--no-progress"],
         stdout=subprocess.PIPE,
@@ -379,9 +344,9 @@ def test_a_ray_worker_killed_mid_run_is_reported_and_its_run_retried(tmp_path: P
         assert time.monotonic() < deadline, "no checkpoint appeared"
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.01)
-    pids = _ray_task_pids()
-    assert pids, "no Ray worker is running the task"
-    for pid in pids:
+    workers = find_workers(proc.pid)
+    assert workers, "no worker process is running the run"
+    for pid in workers:
         subprocess.run(["kill", "-9", str(pid)], check=False)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
