@@ -40,6 +40,25 @@ _MASS_RTOL = 1e-9
 _NUM_ITER_MAX = 10_000_000
 
 
+def check_histogram_values(arr: NDArray[np.float64], name: str) -> None:
+    """Raise :class:`~otsafe.errors.DistributionError` naming ``name`` if the histogram ``arr``
+    has NaN, infinite or negative entries, or no mass."""
+    if not np.all(np.isfinite(arr)):
+        raise DistributionError(f"{name} has NaN or infinite entries")
+    if np.any(arr < 0):
+        raise DistributionError(f"{name} has negative entries (min {arr.min():g})")
+    if arr.sum() <= 0:
+        raise DistributionError(f"{name} has zero total mass")
+
+
+def check_same_mass(a: NDArray[np.float64], b: NDArray[np.float64]) -> None:
+    """Raise :class:`~otsafe.errors.DistributionError` unless ``a`` and ``b`` have the same
+    total mass (relative tolerance 1e-9)."""
+    sa, sb = a.sum(), b.sum()
+    if abs(sa - sb) > _MASS_RTOL * max(sa, sb):
+        raise DistributionError(f"a and b must have the same total mass, got {sa!r} and {sb!r}")
+
+
 def check_marginals(
     a: ArrayLike, b: ArrayLike, cost: ArrayLike | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None]:
@@ -56,17 +75,10 @@ def check_marginals(
             raise DistributionError(
                 f"{name} must be a non-empty 1-D histogram, got shape {arr.shape}"
             )
-        if not np.all(np.isfinite(arr)):
-            raise DistributionError(f"{name} has NaN or infinite entries")
-        if np.any(arr < 0):
-            raise DistributionError(f"{name} has negative entries (min {arr.min():g})")
-        if arr.sum() <= 0:
-            raise DistributionError(f"{name} has zero total mass")
+        check_histogram_values(arr, name)
         arrays.append(arr)
     a_arr, b_arr = arrays
-    sa, sb = a_arr.sum(), b_arr.sum()
-    if abs(sa - sb) > _MASS_RTOL * max(sa, sb):
-        raise DistributionError(f"a and b must have the same total mass, got {sa!r} and {sb!r}")
+    check_same_mass(a_arr, b_arr)
     c_arr = None
     if cost is not None:
         c_arr = np.array(cost, dtype=np.float64)

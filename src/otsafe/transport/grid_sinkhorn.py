@@ -98,13 +98,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from otsafe.errors import ConfigError, ConvergenceError, DistributionError
+from otsafe.transport.exact import check_histogram_values, check_same_mass
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["GridSinkhorn", "GridSinkhornPlan", "SinkhornInfo", "check_grid_marginals"]
 
-_MASS_RTOL = 1e-9
 # Factors below exp(-CUTOFF) are set to zero before the products, so that no product is a
 # subnormal number (a batched product over subnormals ran 20x slower here); a lost term is then
 # below exp(-CUTOFF), and a block sum is trusted when it is at least exp(-CUTOFF + MARGIN), MARGIN
@@ -141,19 +141,12 @@ def check_grid_marginals(
             arr = arr.reshape(h, w)
         if arr.ndim != 2 or arr.size == 0:
             raise DistributionError(f"{name} must be an (H, W) grid histogram, got {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise DistributionError(f"{name} has NaN or infinite entries")
-        if np.any(arr < 0):
-            raise DistributionError(f"{name} has negative entries (min {arr.min():g})")
-        if arr.sum() <= 0:
-            raise DistributionError(f"{name} has zero total mass")
+        check_histogram_values(arr, name)
         out.append(arr)
     a_arr, b_arr = out
     if a_arr.shape != b_arr.shape:
         raise DistributionError(f"a and b live on different grids: {a_arr.shape} vs {b_arr.shape}")
-    sa, sb = a_arr.sum(), b_arr.sum()
-    if abs(sa - sb) > _MASS_RTOL * max(sa, sb):
-        raise DistributionError(f"a and b must have the same total mass, got {sa!r} and {sb!r}")
+    check_same_mass(a_arr, b_arr)
     hh, ww = a_arr.shape
     return a_arr, b_arr, (int(hh), int(ww))
 
