@@ -49,6 +49,8 @@ from otsafe.experiments.sweep import (
 __all__ = ["SweepOutcome", "run_sweep"]
 
 Backend = Literal["local", "ray"]
+#: Seconds between rewrites of ``index.csv`` while a sweep runs.
+INDEX_INTERVAL = 1.0
 #: ``report(run, status, **fields)`` updates the index row of ``run``.
 Report = Callable[..., None]
 
@@ -148,7 +150,10 @@ def run_sweep(
         dynamic_ncols=True,
     )
 
+    last_write = 0.0
+
     def report(run: SweepRun, status: str, **fields: Any) -> None:
+        nonlocal last_write
         row = rows[run.run_id]
         row.update(status=status, **fields)
         if status == "done":
@@ -165,7 +170,11 @@ def run_sweep(
             outcome.retried += 1
             error = row.get("error", "")
             bar.write(f"otsafe sweep: {run.run_id}: {error}; retrying", file=sys.stderr)
-        write_index(sweep_dir, list(rows.values()))
+        # The index holds every run's config: rewriting it on every event is quadratic in the
+        # number of runs, so write at most every INDEX_INTERVAL seconds (and once at the end).
+        if time.monotonic() - last_write >= INDEX_INTERVAL:
+            write_index(sweep_dir, list(rows.values()))
+            last_write = time.monotonic()
 
     try:
         if backend == "ray":
