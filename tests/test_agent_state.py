@@ -81,6 +81,7 @@ def tiny_converged(ot_method: str) -> Callable[[], QLearning]:
 TABULAR_CASES: dict[str, tuple[Callable[[], QLearning], int]] = {
     "otq-tripartite": (paper_otq(ot_method="tripartite"), 3),
     "otq-dense": (paper_otq(ot_method="dense"), 3),
+    "otq-multiscale": (paper_otq(ot_method="multiscale"), 3),
     "otq-sinkhorn": (paper_otq(ot_method="sinkhorn", ot_epsilon=1.0), 3),
     # A looser tolerance, at which the warm start from the saved plan succeeds (at 1e-3 it needs
     # more than its 25 iterations and the solver starts afresh).

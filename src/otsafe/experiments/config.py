@@ -121,10 +121,10 @@ class AgentConfig(StrictModel):
         description="OT bonus weight of ot-q; 0 makes ot-q plain Q-learning (sweeps)",
     )
     state_distribution: Literal["visits", "truncated", "empirical"] = "visits"
-    ot_method: Literal["tripartite", "dense", "sinkhorn", "auto"] = Field(
+    ot_method: Literal["tripartite", "multiscale", "dense", "sinkhorn", "auto"] = Field(
         "tripartite",
-        description="exact (tripartite, dense), entropic grid solver (sinkhorn), or auto: exact "
-        "up to 2500 reachable cells, sinkhorn above",
+        description="exact (tripartite; multiscale, for ~10^4 cells; dense), entropic grid "
+        "solver (sinkhorn), or auto: exact up to 2500 reachable cells, sinkhorn above",
     )
     ot_epsilon: float = Field(
         0.5, gt=0, allow_inf_nan=False, description="Sinkhorn regularisation, cell^2 units"
@@ -224,9 +224,7 @@ def _load_yaml_file(path: str | Path) -> dict[str, Any]:
     return read_yaml_mapping(path, ConfigError, "config file")
 
 
-def read_yaml_mapping(
-    path: str | Path, error: type[OtsafeError], what: str
-) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, error: type[OtsafeError], what: str) -> dict[str, Any]:
     """The mapping in the YAML file ``path`` (``{}`` if empty); else ``error`` naming ``what``."""
     p = Path(path)
     if not p.is_file():
