@@ -2,7 +2,7 @@
 
 Run (docs/benchmarks.md)::
 
-    python benchmarks/bench_otq_large.py --map rooms100 --episodes 10 --epsilons 1 2
+    python benchmarks/bench_otq_large.py --map rooms100 --episodes 10 --epsilons 1 2 --exact
     python benchmarks/bench_otq_large.py --map city1000 --episodes 3 --epsilons 1 --device cuda \
         --mode truncated --max-steps 1000000
 """
@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--mode", default="visits", choices=["visits", "truncated"])
     parser.add_argument("--max-steps", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--exact", action="store_true", help="also time exact OT (multiscale and tripartite)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -53,12 +56,14 @@ def main() -> None:
         "steps per episode |"
     )
     print("|---|---|---|---|---|---|---|")
-    for eps in args.epsilons:
+    exact = ["multiscale", "tripartite"] if args.exact else []
+    runs: list[float | str] = [*args.epsilons, *exact]
+    for eps in runs:
         agent = OTQLearning(
             env,
             seed=0,
-            ot_method="sinkhorn",
-            ot_epsilon=eps,
+            ot_method=eps if isinstance(eps, str) else "sinkhorn",
+            ot_epsilon=1.0 if isinstance(eps, str) else eps,
             ot_tol=args.tol,
             ot_device=args.device,
             state_distribution=args.mode,
@@ -80,8 +85,9 @@ def main() -> None:
             iterations.append(getattr(getattr(agent.last_plan, "info", None), "iterations", 0))
             steps.append(metrics.length)
         med = {k: statistics.median(v) for k, v in times.items()}
+        label = f"exact ({eps})" if isinstance(eps, str) else f"{eps:g}"
         print(
-            f"| {args.map} | {eps:g} | {med['episode']:.2f} | {med['chain']:.2f} | "
+            f"| {args.map} | {label} | {med['episode']:.2f} | {med['chain']:.2f} | "
             f"{med['ot']:.2f} | {statistics.median(iterations):.0f} | "
             f"{statistics.median(steps):.0f} |",
             flush=True,

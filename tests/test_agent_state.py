@@ -455,3 +455,16 @@ def test_tabular_bad_states_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="GridSinkhornPlan"):
         fresh.load_state_dict(sinkhorn.state_dict(), strict=False)
     assert fresh.episodes_done == 0
+    # A Sinkhorn plan whose potentials do not fit the grid, or with a field missing.
+    sinkhorn_state = sinkhorn.state_dict()
+    other = OTQLearning(
+        GridWorld("paper", max_steps=200), seed=3, ot_method="sinkhorn", ot_epsilon=1.0
+    )
+    plan = sinkhorn_state["last_plan"]
+    with pytest.raises(ConfigError, match=r"malformed Sinkhorn plan.*shape"):
+        other.load_state_dict({**sinkhorn_state, "last_plan": {**plan, "f": plan["f"][:3]}})
+    with pytest.raises(ConfigError, match="malformed Sinkhorn plan"):
+        other.load_state_dict({**sinkhorn_state, "last_plan": {**plan, "info": {"x": 1}}})
+    with pytest.raises(ConfigError, match=r"Sinkhorn plan is on a \(3, 3\) grid"):
+        other.load_state_dict({**sinkhorn_state, "last_plan": {**plan, "shape": (3, 3)}})
+    assert other.episodes_done == 0

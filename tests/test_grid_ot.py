@@ -801,6 +801,25 @@ def test_malformed_adaptive_state_is_refused_and_changes_nothing(state: object) 
     assert solver.adaptive_state() == before
 
 
+def test_plan_from_potentials_rebuilds_the_plan_on_the_solver() -> None:
+    rng = np.random.default_rng(5)
+    a, b = _hist(rng, (9, 7)), _hist(rng, (9, 7))
+    solver = GridSinkhorn((9, 7), epsilon=1.0)
+    plan = solver.solve(a, b)
+    other = GridSinkhorn((9, 7), epsilon=1.0, dtype="float32")
+    rebuilt = other.plan_from_potentials(
+        plan.f, plan.g, plan.log_a, plan.log_b, epsilon=plan.epsilon, mass=plan.mass, info=plan.info
+    )
+    assert rebuilt.f.dtype == torch.float32
+    assert rebuilt.f.data_ptr() != plan.f.data_ptr()  # a copy
+    i, j = np.divmod(np.arange(63 * 63), 63)
+    np.testing.assert_allclose(rebuilt.at(i, j), plan.at(i, j), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match=r"g has shape \(9, 6\)"):
+        solver.plan_from_potentials(
+            plan.f, plan.g[:, :6], plan.log_a, plan.log_b, epsilon=1.0, mass=1.0, info=plan.info
+        )
+
+
 def test_plan_source_is_the_input_histogram() -> None:
     rng = np.random.default_rng(3)
     a, b = _hist(rng, (9, 7)), _hist(rng, (9, 7))

@@ -607,26 +607,23 @@ class QLearning:
         ot = self._ot
         try:
             shape = (int(state["shape"][0]), int(state["shape"][1]))
-            tensors = {
-                k: state[k].detach().to(dtype=ot.dtype, device=ot.device, copy=True)
-                for k in ("f", "g", "log_a", "log_b")
-            }
-            plan = GridSinkhornPlan(
-                shape=shape,
-                epsilon=float(state["epsilon"]),
-                mass=float(state["mass"]),
-                info=SinkhornInfo(**state["info"]),
-                _softmin=ot._softmin,
-                **tensors,
-            )
-            cost = state["cost"]
-        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise ConfigError(f"cannot load the state: malformed Sinkhorn plan ({exc!r})") from None
-        if shape != ot.shape or any(tuple(t.shape) != shape for t in tensors.values()):
+        if shape != ot.shape:
             raise ConfigError(
                 f"cannot load the state: its Sinkhorn plan is on a {shape} grid, this agent's "
                 f"is {ot.shape}"
             )
+        try:
+            plan = ot.plan_from_potentials(
+                *(state[k] for k in ("f", "g", "log_a", "log_b")),
+                epsilon=float(state["epsilon"]),
+                mass=float(state["mass"]),
+                info=SinkhornInfo(**state["info"]),
+            )
+            cost = state["cost"]
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+            raise ConfigError(f"cannot load the state: malformed Sinkhorn plan ({exc!r})") from None
         if cost is not None:  # the cached <T, c>: recomputing it would move the block sizes
             plan.__dict__["cost"] = float(cost)
         return plan

@@ -591,6 +591,41 @@ class GridSinkhorn:
         """Restore :meth:`adaptive_state` (``ValueError`` if malformed; nothing changes then)."""
         self._softmin._passes = _SoftMin.passes_from_state(state)
 
+    def plan_from_potentials(
+        self,
+        f: torch.Tensor,
+        g: torch.Tensor,
+        log_a: torch.Tensor,
+        log_b: torch.Tensor,
+        *,
+        epsilon: float,
+        mass: float,
+        info: SinkhornInfo,
+    ) -> GridSinkhornPlan:
+        """A plan of this solver from saved potentials (e.g. a checkpoint's
+        :class:`GridSinkhornPlan` fields): copies on this solver's device and dtype.
+
+        Raises ``ValueError`` if a tensor is not on this solver's ``(H, W)`` grid.
+        """
+        tensors = {"f": f, "g": g, "log_a": log_a, "log_b": log_b}
+        for name, tensor in tensors.items():
+            if tuple(tensor.shape) != self.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)}, this solver's grid is {self.shape}"
+                )
+        moved = {
+            k: t.detach().to(dtype=self.dtype, device=self.device, copy=True)
+            for k, t in tensors.items()
+        }
+        return GridSinkhornPlan(
+            shape=self.shape,
+            epsilon=float(epsilon),
+            mass=float(mass),
+            info=info,
+            _softmin=self._softmin,
+            **moved,
+        )
+
     def solve(
         self, a: ArrayLike, b: ArrayLike, *, warm_start: GridSinkhornPlan | None = None
     ) -> GridSinkhornPlan:

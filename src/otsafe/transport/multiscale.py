@@ -2,8 +2,9 @@ r"""Exact grid OT at scale: multiscale sparse arc sets with a global optimality 
 
 The transport LP (Eq. 3) between histograms on :math:`n` grid cells has :math:`n^2` arcs, but an
 optimal plan uses at most :math:`n_a + n_b - 1` of them, and where they go is predicted well by
-the optimal plan of the same problem at half the resolution. This solver finds an optimal plan on a *sparse* arc set and *proves* it optimal for
-the full problem, without forming the :math:`n \times n` cost:
+the optimal plan of the same problem at half the resolution. This solver finds an optimal plan on
+a *sparse* arc set and *proves* it optimal for the full problem, without forming the
+:math:`n \times n` cost:
 
 1. **Coarsen.** Sum :math:`a` and :math:`b` over :math:`2 \times 2` blocks of cells, recursively,
    until a level has at most :data:`DENSE_MAX_PAIRS` (source, target) pairs; solve that level on
