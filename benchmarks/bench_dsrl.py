@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from otsafe.experiments.config import resolve_config
+from otsafe.experiments.dsrl_config import DSRLConfig
 from otsafe.experiments.dsrl_runner import make_agent, make_env
 from otsafe.safety import qp as qp_module
 
@@ -36,6 +37,7 @@ def throughput(backend: str, steps: int, warmup: int) -> float:
             "agent.batch_size=128",
         ],
     )
+    assert isinstance(cfg, DSRLConfig)
     env = make_env(cfg)
     agent = make_agent(cfg, env, "dsrl", seed=0)
     obs, _ = env.reset(seed=0)

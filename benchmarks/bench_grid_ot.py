@@ -62,9 +62,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         solver_type = GridExactOT if method == "tripartite" else GridMultiscaleOT
         base = _rss_mb()
         t0 = time.perf_counter()
-        plan = solver_type(grid_coordinates((size, size))).solve(a.ravel(), b.ravel())
+        exact = solver_type(grid_coordinates((size, size))).solve(a.ravel(), b.ravel())
         seconds = time.perf_counter() - t0
-        return {"seconds": seconds, "peak_mb": _rss_mb() - base, "cost": plan.cost}
+        return {"seconds": seconds, "peak_mb": _rss_mb() - base, "cost": exact.cost}
     import torch
 
     from otsafe.transport import GridSinkhorn

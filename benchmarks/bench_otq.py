@@ -31,8 +31,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from literal_otq import run_literal
 from otsafe.agents import OTQLearning
+from otsafe.agents.tabular import OTMethod
 from otsafe.envs import GridWorld
-from otsafe.experiments.config import resolve_config
+from otsafe.experiments.config import OTQConfig, resolve_config
 from otsafe.experiments.runner import execute_jobs, make_jobs
 from otsafe.transport import ExactOT, GridExactOT, sqeuclidean_cost
 
@@ -55,10 +56,10 @@ class Timed:
 
 
 def run_otsafe(
-    seed: int, episodes: int, beta: float, ot_method: str
+    seed: int, episodes: int, beta: float, ot_method: OTMethod
 ) -> tuple[list[Any], dict[str, Any]]:
     env = GridWorld("paper", max_steps=500)
-    agent = OTQLearning(env, beta=beta, seed=seed, ot_method=ot_method)  # type: ignore[arg-type]
+    agent = OTQLearning(env, beta=beta, seed=seed, ot_method=ot_method)
     chain = Timed(agent._chain.state_distribution)
     solve = Timed(agent._ot.solve)
     object.__setattr__(agent._chain, "state_distribution", chain)  # frozen dataclass
@@ -122,6 +123,7 @@ def main() -> None:
             f"experiment.workers={args.workers}",
         ],
     )
+    assert isinstance(config, OTQConfig)
     t = time.perf_counter()
     pooled = execute_jobs(make_jobs(config), args.workers)
     t_pool = time.perf_counter() - t
@@ -143,8 +145,8 @@ def main() -> None:
         agent.run_episode()
         p = agent.last_state_distribution
         assert p is not None
-        a, b = p[support], env.risk_distribution[support]
-        c1, c2 = dense_solver.solve(a, b).cost, tri_solver.solve(a, b).cost
+        p_pi, p_s = p[support], env.risk_distribution[support]
+        c1, c2 = dense_solver.solve(p_pi, p_s).cost, tri_solver.solve(p_pi, p_s).cost
         w2_rel = max(w2_rel, abs(math.sqrt(c1) - math.sqrt(c2)) / math.sqrt(c1))
 
     def med(xs: list[float]) -> str:

@@ -88,7 +88,7 @@ def main() -> None:
         label = f"exact ({eps})" if isinstance(eps, str) else f"{eps:g}"
         print(
             f"| {args.map} | {label} | {med['episode']:.2f} | {med['chain']:.2f} | "
-            f"{med['ot']:.2f} | {statistics.median(iterations):.0f} | "
+            f"{med['ot']:.2f} | {'-' if isinstance(eps, str) else statistics.median(iterations)} | "
             f"{statistics.median(steps):.0f} |",
             flush=True,
         )

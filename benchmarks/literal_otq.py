@@ -23,6 +23,7 @@ import numpy as np
 import ot
 
 import otsafe  # noqa: F401  (registers otsafe/GridWorld-v0)
+from otsafe.envs import GridWorld
 
 
 def run_literal(
@@ -44,6 +45,7 @@ def run_literal(
         clock.setdefault(phase, 0.0)
     env = gym.make("otsafe/GridWorld-v0", map=map_name, max_steps=max_steps)
     base = env.unwrapped
+    assert isinstance(base, GridWorld)
     grid = base.grid
     n_cells = grid.n_cells
     states = [s for s in range(n_cells) if grid.reachable.ravel()[s]]  # the free cells
@@ -86,7 +88,7 @@ def run_literal(
             if bonus != 0.0:
                 C[i, j] = 0.0
                 bonus_paid += bonus
-            ret += r
+            ret += float(r)
             collisions += int(info["collision"])
             risky_visits += int(risky[s2])
             length += 1
