@@ -10,12 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from _helpers import one_line_error
 from otsafe.cli import main
+from otsafe.experiments.checkpoint import CheckpointStore, JobContext, train_with_checkpoints
 from otsafe.experiments.rundir import staging_path
 
 OTSAFE = Path(sys.executable).with_name("otsafe")
@@ -84,9 +87,11 @@ def reference(argv: list[str], out: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("argv", "total", "files"), [(OTQ, 300, ["metrics.csv"]),
-                                                        (DSRL, 8, ["metrics.csv", "eval.csv"])],
-                         ids=["otq", "dsrl"])
+@pytest.mark.parametrize(
+    ("argv", "total", "files"),
+    [(OTQ, 300, ["metrics.csv"]), (DSRL, 8, ["metrics.csv", "eval.csv"])],
+    ids=["otq", "dsrl"],
+)
 def test_sigkill_then_resume_gives_identical_metrics(
     argv: list[str],
     total: int,
@@ -245,3 +250,62 @@ def test_damaged_checkpoint_is_a_named_error(
     ckpt.write_bytes(b"not a checkpoint")
     assert main([*BASE, "--out", str(out), "--resume"]) == 2
     assert "cannot read checkpoint" in one_line_error(capsys)
+
+
+class _Counter:
+    """A stand-in agent whose state is the number of episodes it played."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n = int(state["n"])
+
+
+def _play(agent: _Counter) -> Callable[[int], dict[str, Any]]:
+    def episode(k: int) -> dict[str, Any]:
+        agent.n += 1
+        return {"episode": k + 1}
+
+    return episode
+
+
+def test_finished_job_result_is_added_to_its_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CheckpointStore(tmp_path)
+    ctx = JobContext(store=store, every=2)
+    agent = _Counter()
+    rows, _ = train_with_checkpoints("job", agent, 5, _play(agent), ctx)
+    assert len(rows) == 5
+    # The job's own process adds the result to what it wrote, without reading it back.
+    monkeypatch.setattr(store, "load", lambda key: pytest.fail("checkpoint read back"))
+    ctx.finished("job", {"done": True})
+    monkeypatch.undo()
+    saved = store.load("job")
+    assert saved is not None
+    assert saved["result"] == {"done": True}
+    assert saved["episodes"] == 5
+    assert saved["agent"] == {"n": 5}
+    assert [r["episode"] for r in saved["rows"]] == [1, 2, 3, 4, 5]
+
+
+def test_finished_after_a_resume_reads_the_earlier_checkpoint(tmp_path: Path) -> None:
+    """Training ended in an earlier session (e.g. a stop during evaluation): the new session
+    trains nothing, and finished() adds the result to the checkpoint on disk."""
+    store = CheckpointStore(tmp_path)
+    first = _Counter()
+    train_with_checkpoints("job", first, 3, _play(first), JobContext(store=store))
+    ctx = JobContext(store=store)
+    again = _Counter()
+    rows, _ = train_with_checkpoints("job", again, 3, _play(again), ctx, saved=ctx.load("job"))
+    assert again.n == 3
+    assert len(rows) == 3
+    ctx.finished("job", "result")
+    saved = store.load("job")
+    assert saved is not None
+    assert saved["result"] == "result"
+    assert saved["agent"] == {"n": 3}

@@ -25,7 +25,7 @@ import pickle
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -106,15 +106,25 @@ class JobContext:
     stop: StopFlag | None = None
     progress: Callable[[int], object] | None = None
     log_dir: Path | None = None
+    # The last checkpoint this process wrote per job, so that finished() need not read it back.
+    _written: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def load(self, key: str) -> dict[str, Any] | None:
         return None if self.store is None else self.store.load(key)
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        """Write the checkpoint of job ``key`` (nothing without a store)."""
+        if self.store is not None:
+            self.store.save(key, state)
+            self._written[key] = state
 
     def finished(self, key: str, result: Any) -> None:
         """Add the finished job's ``result`` to its last checkpoint (resume then skips the job)."""
         if self.store is None:
             return
-        state = self.store.load(key)
+        state = self._written.pop(key, None)
+        if state is None:  # written by an earlier session of the run
+            state = self.store.load(key)
         if state is not None:
             state.pop("version", None)
             state.pop("job", None)
@@ -173,7 +183,7 @@ def train_with_checkpoints(
         periodic = ctx.every > 0 and (episode + 1) % ctx.every == 0
         if ctx.store is not None and (stopping or periodic or last):
             elapsed = seconds + time.perf_counter() - start
-            ctx.store.save(
+            ctx.save(
                 key,
                 {
                     "episodes": len(rows),
