@@ -56,7 +56,7 @@ def _blob_pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return (a / a.sum()).ravel(), (b / b.sum()).ravel()
 
 
-def _check_certificate(solver_points, plan, a, b, xs, ys) -> None:
+def _check_certificate(plan, a, b, xs, ys) -> None:
     """Marginals, dual feasibility on every pair, complementary slackness, strong duality."""
     cost = sqeuclidean_cost(xs, ys)
     dense = plan.dense()
@@ -81,7 +81,7 @@ def test_matches_pot_on_random_grids(shape, zero_frac):
     plan = solver.solve(a, b)
     expected = ot.emd2(a, b, sqeuclidean_cost(pts))
     assert plan.cost == pytest.approx(expected, rel=1e-10, abs=1e-14)
-    _check_certificate(solver, plan, a, b, pts, pts)
+    _check_certificate(plan, a, b, pts, pts)
     assert len(solver.info.pairs) >= 2  # really went through a coarse level
     assert all(r >= 1 for r in solver.info.rounds)
 
@@ -95,7 +95,10 @@ def test_needs_pricing_rounds_when_mass_travels_far():
     plan = solver.solve(a, b)
     assert max(solver.info.rounds) >= 2
     assert plan.cost == pytest.approx(ot.emd2(a, b, sqeuclidean_cost(pts)), rel=1e-10)
-    _check_certificate(solver, plan, a, b, pts, pts)
+    _check_certificate(plan, a, b, pts, pts)
+    # Integer costs give integer potentials (the module docstring's exactness argument).
+    np.testing.assert_array_equal(plan.u, np.round(plan.u))
+    np.testing.assert_array_equal(plan.v, np.round(plan.v))
 
 
 def test_agrees_with_tripartite_at_default_settings():
@@ -120,7 +123,7 @@ def test_different_source_and_target_points():
     plan = solver.solve(a, b)
     assert plan.shape == (40, 55)
     assert plan.cost == pytest.approx(ot.emd2(a, b, sqeuclidean_cost(xs, ys)), rel=1e-10)
-    _check_certificate(solver, plan, a, b, xs, ys)
+    _check_certificate(plan, a, b, xs, ys)
 
 
 def test_unnormalised_masses_and_b_rescaled_to_a():
@@ -164,7 +167,7 @@ def test_property_optimal_against_pot(h, w, zero_frac, seed, dense_max):
     finally:
         ms.DENSE_MAX_PAIRS = old
     assert plan.cost == pytest.approx(ot.emd2(a, b, sqeuclidean_cost(pts)), rel=1e-10, abs=1e-13)
-    _check_certificate(solver, plan, a, b, pts, pts)
+    _check_certificate(plan, a, b, pts, pts)
 
 
 @HYPOTHESIS

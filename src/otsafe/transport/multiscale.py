@@ -81,7 +81,7 @@ DENSE_MAX_PAIRS = 250_000
 REDUCED_COST_TOL = 1e-6
 
 #: Column generation stops with an error after this many rounds on one level (never reached in
-#: the tests and benchmarks: two to four rounds is typical).
+#: the tests and benchmarks, which take 1 to 10 rounds per level).
 MAX_ROUNDS = 100
 
 # Elements per block of the pricing passes (float64): about 32 MB.
