@@ -141,7 +141,8 @@ class QLearning:
         OT solver: min-cost flow on the tripartite grid network
         (:class:`~otsafe.transport.GridExactOT`, default, ~3x faster than ``"dense"``); the
         multiscale sparse solver (:class:`~otsafe.transport.GridMultiscaleOT`, exact, for maps of
-        about 10^4 cells, where it is faster and leaner than the tripartite network); POT's
+        about 10^4 cells, where it is slightly faster than the tripartite network and needs 6-7x
+        less memory); POT's
         ``ot.emd`` on the dense cost (:class:`~otsafe.transport.ExactOT`) -- all three exact (where
         the optimal plan is not unique they can return different optimal plans with the same
         cost); the entropic grid solver (:class:`~otsafe.transport.GridSinkhorn`, for large maps,

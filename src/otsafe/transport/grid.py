@@ -8,8 +8,8 @@ row-major indices), in particular the neighbour transitions OT-Q needs, without 
     Exact, on the cells that carry mass: up to :data:`TRIPARTITE_MAX_CELLS` of them, the
     min-cost flow on the tripartite grid network (:class:`~otsafe.transport.GridExactOT`);
     above, the multiscale sparse solver with its global optimality check
-    (:class:`~otsafe.transport.GridMultiscaleOT`), which is 1.2-1.6x faster there and needs
-    7x less memory. Both grow roughly quadratically with the number of cells (on a 2-core CPU:
+    (:class:`~otsafe.transport.GridMultiscaleOT`), which is 1.1-1.5x faster there and needs
+    6-7x less memory. Both grow roughly quadratically with the number of cells (on a 2-core CPU:
     0.3 s at 2,500 cells, 6 s at 10,000, 29 s at 16,384; ``docs/benchmarks.md``).
 ``method="sinkhorn"``
     Log-domain Sinkhorn with separable kernels (:class:`~otsafe.transport.GridSinkhorn`): an
@@ -59,8 +59,8 @@ GridMethod = Literal["auto", "exact", "sinkhorn"]
 AUTO_EXACT_MAX_CELLS = 2500
 
 #: ``method="exact"`` uses the tripartite network up to this many cells with mass and the
-#: multiscale solver above (measured crossover: 0.36 s against 0.29 s at 50 x 50, 0.04 s against
-#: 0.05 s at 30 x 30).
+#: multiscale solver above (measured crossover, tripartite against multiscale: 0.36 s against
+#: 0.30 s at 50 x 50, 0.040 s against 0.056 s at 30 x 30; ``docs/benchmarks.md``).
 TRIPARTITE_MAX_CELLS = 2500
 
 
