@@ -138,16 +138,15 @@ class QLearning:
         How :math:`P^\pi` is obtained: exact untruncated expected visits (default), exact visits
         within ``env.max_steps`` moves, or the visit frequencies of the last episode.
     ot_method : {"tripartite", "multiscale", "dense", "sinkhorn", "auto"}
-        OT solver: min-cost flow on the tripartite grid network
+        OT solver. Exact: the min-cost flow on the tripartite grid network
         (:class:`~otsafe.transport.GridExactOT`, default, ~3x faster than ``"dense"``); the
-        multiscale sparse solver (:class:`~otsafe.transport.GridMultiscaleOT`, exact, for maps of
-        about 10^4 cells, where it is slightly faster than the tripartite network and needs 6-7x
-        less memory); POT's
-        ``ot.emd`` on the dense cost (:class:`~otsafe.transport.ExactOT`) -- all three exact (where
-        the optimal plan is not unique they can return different optimal plans with the same
-        cost); the entropic grid solver (:class:`~otsafe.transport.GridSinkhorn`, for large maps,
-        warm-started from the previous episode's plan); or ``"auto"``: tripartite up to
-        :data:`~otsafe.transport.AUTO_EXACT_MAX_CELLS` reachable cells, Sinkhorn above.
+        multiscale sparse solver (:class:`~otsafe.transport.GridMultiscaleOT`, for maps of about
+        10^4 cells, where it is slightly faster than the tripartite network and needs 6-7x less
+        memory); POT's ``ot.emd`` on the dense cost (:class:`~otsafe.transport.ExactOT`). Where
+        the optimal plan is not unique, the exact solvers can return different optimal plans with
+        the same cost. Entropic: the grid solver (:class:`~otsafe.transport.GridSinkhorn`, for
+        large maps, warm-started from the previous episode's plan). Or ``"auto"``: tripartite up
+        to :data:`~otsafe.transport.AUTO_EXACT_MAX_CELLS` reachable cells, Sinkhorn above.
     ot_epsilon, ot_tol, ot_device, ot_dtype
         Regularisation (cell^2), marginal tolerance, device and dtype of the Sinkhorn solver.
     track_w2 : bool
