@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -84,6 +85,13 @@ def main() -> None:
             times["ot"].append(ot_timer.total)
             iterations.append(getattr(getattr(agent.last_plan, "info", None), "iterations", 0))
             steps.append(metrics.length)
+            print(  # progress, for long episodes (stderr: the table stays clean)
+                f"episode {len(steps)}: {times['episode'][-1]:.2f} s (P^pi "
+                f"{times['chain'][-1]:.2f} s, OT {times['ot'][-1]:.2f} s, "
+                f"{iterations[-1]} iterations, {metrics.length} steps)",
+                file=sys.stderr,
+                flush=True,
+            )
         med = {k: statistics.median(v) for k, v in times.items()}
         label = f"exact ({eps})" if isinstance(eps, str) else f"{eps:g}"
         print(
