@@ -113,6 +113,24 @@ def test_agrees_with_tripartite_at_default_settings():
 
 
 @pytest.mark.usefixtures("multilevel")
+@pytest.mark.parametrize("seed", range(8))
+def test_blocks_of_vanishing_mass(seed):
+    """Whole coarse blocks with masses down to 1e-300 (OT-Q's P^pi has such cells): the coarse
+    plan's arcs into them carry next to nothing, and the fine problem must stay feasible."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.random((16, 16)), rng.random((16, 16))
+    for x in (a, b):
+        for _ in range(6):
+            r, c = rng.integers(0, 4, 2) * 4
+            x[r : r + 4, c : c + 4] = 10.0 ** rng.uniform(-300, -17, size=(4, 4))
+    a, b = (a / a.sum()).ravel(), (b / b.sum()).ravel()
+    pts = grid_coordinates((16, 16))
+    plan = GridMultiscaleOT(pts).solve(a, b)
+    assert plan.cost == pytest.approx(ot.emd2(a, b, sqeuclidean_cost(pts)), rel=1e-10)
+    _check_certificate(plan, a, b, pts, pts)
+
+
+@pytest.mark.usefixtures("multilevel")
 def test_different_source_and_target_points():
     rng = np.random.default_rng(7)
     cells = grid_coordinates((10, 11))
