@@ -79,9 +79,11 @@ def main() -> None:
         reference_name = "tripartite" if small else "multiscale"
         agent = OTQLearning(env, seed=0, ot_method=reference_name)
         reference = GridExactOT(cells) if small else GridMultiscaleOT(cells)
-        others: dict[str, Any] = {"multiscale" if small else "tripartite": None}
-        if small:
-            others["POT emd"] = ExactOT(sqeuclidean_cost(cells))
+        others: dict[str, Any] = (
+            {"multiscale": GridMultiscaleOT(cells), "POT emd": ExactOT(sqeuclidean_cost(cells))}
+            if small
+            else {"tripartite": GridExactOT(cells)}
+        )
         done = 0
         for target in sorted(args.episodes):
             agent.train(target - done)
@@ -97,9 +99,6 @@ def main() -> None:
                 "exact | 0 |"
             )
             for other_name, other_solver in others.items():
-                if other_solver is None:  # the other grid solver, built on first use
-                    other_solver = GridMultiscaleOT(cells) if small else GridExactOT(cells)
-                    others[other_name] = other_solver
                 other = other_solver.solve(p_pi[support], p_s[support])
                 diff = np.abs(neighbour_bonus(env, other.at, True) - c_exact).sum() / norm
                 print(

@@ -176,10 +176,13 @@ class GridMultiscaleOT:
         )
         # Potentials of points without mass: c-transforms, which keep c - u - v >= 0 on all
         # pairs: u from the targets with mass, then v from all sources.
-        u_all, _ = _c_transform(self._ys[ib], v, self._xs)
-        u_all[ia] = u
-        v_all, _ = _c_transform(self._xs, u_all, self._ys)
-        v_all[ib] = v
+        u_all, v_all = u, v
+        if ia.size < self.n:
+            u_all, _ = _c_transform(self._ys[ib], v, self._xs)
+            u_all[ia] = u
+        if ib.size < self.m:
+            v_all, _ = _c_transform(self._xs, u_all, self._ys)
+            v_all[ib] = v
         src, dst = ia[rows], ib[cols]
         cost = float(np.sum(flow * _sqdist(self._xs[src], self._ys[dst])))
         return OTSolution(
