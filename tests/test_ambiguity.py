@@ -161,3 +161,18 @@ def test_bad_ascent_arguments() -> None:
         worst_case(lambda w: w, ball, steps=1)
     with pytest.raises(DistributionError, match="atoms have shape"):
         ball.project(torch.zeros(1, 4, 2, dtype=F64))
+
+
+def test_worst_case_grad_fn_replaces_autograd_and_checks_its_shape() -> None:
+    ball = WassersteinBall(torch.zeros(3, 4, 2, dtype=torch.float64), 0.5)
+    c = torch.tensor([1.0, -2.0], dtype=torch.float64)
+
+    def never_called(w: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("loss_fn must not run when grad_fn is given")
+
+    # loss = c . w per atom: its gradient is c (over N for the row mean)
+    worst = worst_case(never_called, ball, steps=2, grad_fn=lambda w: c.expand_as(w) / 4)
+    want = worst_case(lambda w: w @ c, ball, steps=2)
+    torch.testing.assert_close(worst, want)
+    with pytest.raises(DistributionError, match="grad_fn"):
+        worst_case(never_called, ball, steps=1, grad_fn=lambda w: w[:, 0])

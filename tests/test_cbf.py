@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import pytest
 import torch
@@ -159,6 +160,67 @@ def test_barrier_values_and_flags() -> None:
     assert sq.analytic
     assert not FunctionBarrier(sq.h).analytic
     assert not CircleBarrier([0.0, 0.0], 1.0, position=lookahead).analytic
+
+
+class _MapWithJacobian:
+    """p = (x0 + l cos x2, x1 + l sin x2) with its Jacobian in closed form."""
+
+    def __init__(self, jacobian_shape: tuple[int, ...] | None = None) -> None:
+        self.jacobian_shape = jacobian_shape
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return lookahead(x)
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        if self.jacobian_shape is not None:
+            return torch.zeros(self.jacobian_shape, dtype=x.dtype)
+        jac = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype)
+        jac[:, 0, 0] = jac[:, 1, 1] = 1.0
+        jac[:, 0, 2] = -0.3 * torch.sin(x[:, 2])
+        jac[:, 1, 2] = 0.3 * torch.cos(x[:, 2])
+        return jac
+
+
+@pytest.mark.parametrize("form", ["squared", "distance"])
+def test_position_map_jacobian_gives_the_autograd_gradient(
+    form: Literal["squared", "distance"], gen: torch.Generator
+) -> None:
+    """A map with ``jacobian``: the chain rule in closed form equals autograd's gradient."""
+    x = torch.randn(64, 3, generator=gen, dtype=F64)
+    closed = CircleBarrier([0.3, -0.2], 0.5, position=_MapWithJacobian(), form=form)
+    auto = CircleBarrier([0.3, -0.2], 0.5, position=lookahead, form=form)
+    torch.testing.assert_close(closed.grad(x), auto.grad(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(closed.hessian(x), auto.hessian(x))  # still autograd
+    # the rows of a model with a control term in the heading agree too
+    model = NonlinearSecondOrder()
+    xs = torch.randn(16, 4, generator=gen, dtype=F64)
+    on = [CircleBarrier([0.3, -0.2], 0.5, position=_Slice4(_MapWithJacobian()), form=form)]
+    ref = [CircleBarrier([0.3, -0.2], 0.5, position=_Slice4(None), form=form)]
+    for got, want in zip(cbf_rows(model, on, xs), cbf_rows(model, ref, xs), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+class _Slice4:
+    """The look-ahead point of the first three coordinates of a 4-D state (with a Jacobian
+    when ``inner`` has one)."""
+
+    def __init__(self, inner: _MapWithJacobian | None) -> None:
+        self.inner = inner
+        if inner is not None:
+            self.jacobian = self._jacobian
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return lookahead(x[:, :3])
+
+    def _jacobian(self, x: Tensor) -> Tensor:
+        assert self.inner is not None
+        return torch.nn.functional.pad(self.inner.jacobian(x[:, :3]), (0, 1))
+
+
+def test_position_map_jacobian_of_the_wrong_shape_is_named() -> None:
+    b = CircleBarrier([0.0, 0.0], 1.0, position=_MapWithJacobian(jacobian_shape=(2, 3)))
+    with pytest.raises(ConfigError, match="jacobian"):
+        b.grad(torch.zeros(4, 3, dtype=F64))
 
 
 def test_position_indices_embed_derivatives(gen: torch.Generator) -> None:

@@ -307,6 +307,13 @@ def test_car_lookahead_barrier_keeps_control_when_heading_is_tangent() -> None:
         cbf_rows(model, [barrier], x, relative_degree=2)
 
 
+def test_lookahead_jacobian_matches_autograd() -> None:
+    point = LookAheadPoint(0.4)
+    x = torch.as_tensor(np.random.default_rng(5).normal(size=(32, 3)), dtype=F64)
+    auto = torch.autograd.functional.jacobian(lambda s: point(s).sum(0), x).permute(1, 0, 2)
+    torch.testing.assert_close(point.jacobian(x), auto, rtol=0, atol=1e-14)
+
+
 def test_lookahead_barrier_implies_car_safety() -> None:
     car = DubinsCar()
     barriers = car.barriers(lookahead=0.4, margin=0.1)

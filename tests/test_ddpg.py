@@ -225,3 +225,48 @@ def test_cbf_row_cache_is_exact(kind: str, affine: bool) -> None:
     u = torch.randn(5, G.shape[-1], dtype=F64)
     m_ref = cbf_margin(model, barriers, x, u, atoms, **rates)  # type: ignore[arg-type]
     torch.testing.assert_close(rows.margins(u, atoms), m_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["single", "double", "quadratic", "tie"])
+def test_margin_loss_gradient_in_closed_form_matches_autograd(kind: str) -> None:
+    """The ascent's closed-form gradient is autograd's (ties between barriers split equally)."""
+    from otsafe.agents.ddpg import CBFRows
+    from otsafe.safety import SphereBarrier
+
+    if kind == "tie":  # two identical barriers bind together: amin splits the gradient
+        model, barriers, x, rates = _rows_case("double")
+        barriers = [barriers[0], SphereBarrier([0.0, 0.0, 0.0], 0.5, position=[0, 1, 2])]
+    else:
+        model, barriers, x, rates = _rows_case(kind)
+    rows = CBFRows(model, barriers, x, rates)  # type: ignore[arg-type]
+    cfg = SafetyConfig(mode="worst", radius=0.3)
+    atoms = torch.randn(5, 7, model.disturbance_dim, dtype=F64)  # type: ignore[attr-defined]
+    bound = np.ones(model.control_dim)  # type: ignore[attr-defined]
+    layer = SafetyLayer(model, barriers, -bound, bound, cfg, atoms[0])  # type: ignore[arg-type]
+    u = torch.randn(5, rows.G.shape[-1], dtype=F64)
+    grad_fn = layer.margin_loss_grad(rows, u)
+    if kind == "quadratic":
+        assert grad_fn is None  # not affine in the atom: autograd
+        return
+    assert grad_fn is not None
+    var = atoms.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(layer.margin_loss(rows, u)(var).sum(), var)
+    torch.testing.assert_close(grad_fn(atoms), want, rtol=1e-10, atol=1e-12)
+
+
+def test_worst_case_with_closed_form_gradient_equals_autograd_ascent() -> None:
+    """The agent's ascent (closed-form gradient) lands where the autograd ascent does."""
+    from otsafe.safety import WassersteinBall, worst_case
+
+    layer = make_layer("worst", radius=0.25)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 2, generator=gen, dtype=F64) * 2
+    u = torch.rand(64, 2, generator=gen, dtype=F64) * 2 - 1
+    rows = layer.rows(x)
+    ball = WassersteinBall(layer._atoms(64), 0.25)
+    grad_fn = layer.margin_loss_grad(rows, u)
+    assert grad_fn is not None
+    loss = layer.margin_loss(rows, u)
+    fast = worst_case(loss, ball, steps=3, step_size=1.0, grad_fn=grad_fn)
+    slow = worst_case(loss, ball, steps=3, step_size=1.0)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)

@@ -255,6 +255,31 @@ class SafetyLayer:
 
         return loss
 
+    def margin_loss_grad(
+        self, rows: CBFRows, u_fixed: Tensor
+    ) -> Callable[[Tensor], Tensor] | None:
+        r"""Closed-form gradient of :meth:`margin_loss` with respect to the atoms, when the rows
+        are affine in the atom (else None: autograd).
+
+        With :math:`\bar m_j = c_j + \ell_j^\top\bar\omega` the atom-averaged margin of
+        barrier :math:`j` (:math:`\ell_j` its row of ``rows.ld``), the loss
+        :math:`-\min_j \bar m_j` has gradient :math:`-\frac1N\sum_j w_j \ell_j` for every atom,
+        :math:`w` splitting the weight equally between the binding barriers (as autograd's
+        ``amin`` does).
+        """
+        if not rows.affine:
+            return None
+        base = rows.h0 - (rows.G @ u_fixed.unsqueeze(-1)).squeeze(-1)  # (B, J)
+
+        def grad(atoms: Tensor) -> Tensor:
+            mean = base + (atoms.mean(1).unsqueeze(1) @ rows.ld.transpose(1, 2)).squeeze(1)
+            binding = (mean == mean.amin(-1, keepdim=True)).to(mean.dtype)  # (B, J)
+            weights = binding / binding.sum(-1, keepdim=True)
+            per_atom = -(weights.unsqueeze(1) @ rows.ld) / atoms.shape[1]  # (B, 1, n_w)
+            return per_atom.expand_as(atoms)
+
+        return grad
+
     def actor_loss(
         self, rows: CBFRows, u_ref: Tensor, q_fn: Callable[[Tensor], Tensor]
     ) -> Callable[[Tensor], Tensor]:
@@ -280,12 +305,19 @@ class SafetyLayer:
             u_fixed, _ = self.qp(rows, u_ref.detach(), atoms)
         ball = WassersteinBall(atoms, cfg.radius, order=cfg.order)
         for k in range(cfg.alternations):  # ascent at u_r, then the QP with the worst case
+            grad_fn = None
             if cfg.worst_case_loss == "actor" and q_fn is not None:
                 loss = self.actor_loss(rows, u_ref.detach(), q_fn)
             else:
                 loss = self.margin_loss(rows, u_fixed)
+                grad_fn = self.margin_loss_grad(rows, u_fixed)
             atoms = worst_case(
-                loss, ball, steps=cfg.ascent_steps, step_size=cfg.ascent_step_size, init=atoms
+                loss,
+                ball,
+                steps=cfg.ascent_steps,
+                step_size=cfg.ascent_step_size,
+                init=atoms,
+                grad_fn=grad_fn,
             )
             if k + 1 < cfg.alternations:
                 with torch.no_grad():

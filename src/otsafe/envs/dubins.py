@@ -175,7 +175,8 @@ class LookAheadPoint:
     r"""The position map :math:`x \mapsto p + \ell(\cos\theta, \sin\theta)`, shape ``(B, 2)``.
 
     Pass it as the ``position`` of a :class:`~otsafe.safety.barriers.CircleBarrier` (a picklable
-    callable; its derivatives come from autograd).
+    callable). Its Jacobian is in closed form (:meth:`jacobian`), so the barrier's gradient
+    needs no autograd; second derivatives (a HOCBF) come from autograd.
     """
 
     def __init__(self, distance: float) -> None:
@@ -184,6 +185,13 @@ class LookAheadPoint:
     def __call__(self, x: Tensor) -> Tensor:
         th = x[:, 2]
         return x[:, :2] + self.distance * torch.stack([torch.cos(th), torch.sin(th)], dim=-1)
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        r"""The Jacobian :math:`[I_2,\ \ell(-\sin\theta, \cos\theta)^\top]`, shape ``(B, 2, 3)``."""
+        th = x[:, 2]
+        eye = torch.eye(2, 3, dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
+        column = self.distance * torch.stack([-torch.sin(th), torch.cos(th)], dim=-1)
+        return eye + torch.nn.functional.pad(column.unsqueeze(-1), (2, 0))
 
     def __repr__(self) -> str:
         return f"LookAheadPoint({self.distance})"

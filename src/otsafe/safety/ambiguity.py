@@ -174,6 +174,7 @@ def worst_case(
     steps: int = 10,
     step_size: float = 0.5,
     init: Tensor | None = None,
+    grad_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     r"""Worst-case atoms: projected gradient ascent on the mean of ``loss_fn`` over the ball.
 
@@ -193,6 +194,11 @@ def worst_case(
         atoms with order 1, any step of at least the radius lands exactly on the maximiser.
     init : Tensor, optional
         Warm start (B, N, d), e.g. the previous worst case; projected first.
+    grad_fn : callable, optional
+        The gradient of each row's mean loss with respect to the atoms, (B, N, d) -> (B, N, d),
+        in closed form; it replaces autograd through ``loss_fn`` (which is then not called).
+        The caller vouches that it is that gradient (the DSRL margin loss has one, tested
+        against autograd).
 
     Returns
     -------
@@ -209,20 +215,34 @@ def worst_case(
     radius = ball.radius if ball.radius.dim() else ball.radius.expand(omega.shape[0])
     eta = (step_size * (radius if ball.order == 1 else radius.sqrt())).to(omega)
     for _ in range(steps):
-        with torch.enable_grad():
-            omega_var = omega.detach().requires_grad_(True)
-            loss = loss_fn(omega_var)
-            if loss.dim() == 2:
-                loss = loss.mean(dim=-1)
-            if loss.dim() != 1 or loss.shape[0] != omega.shape[0]:
+        if grad_fn is not None:
+            grad = grad_fn(omega)
+            if not isinstance(grad, Tensor) or grad.shape != omega.shape:
+                got = tuple(grad.shape) if isinstance(grad, Tensor) else type(grad).__name__
                 raise DistributionError(
-                    f"loss_fn must return (B, N) or (B,) losses, got shape {tuple(loss.shape)}"
+                    f"grad_fn must return the atoms' shape {tuple(omega.shape)}, got {got}"
                 )
-            (grad,) = torch.autograd.grad(loss.sum(), omega_var)
+        else:
+            grad = _loss_gradient(loss_fn, omega)
         rms = grad.pow(2).sum(-1).mean(-1).sqrt()  # (B,)
         direction = grad / rms.clamp_min(torch.finfo(rms.dtype).tiny)[:, None, None]
         omega = ball.project(omega + eta[:, None, None] * direction)
     return omega.detach()
+
+
+def _loss_gradient(loss_fn: Callable[[Tensor], Tensor], omega: Tensor) -> Tensor:
+    """Gradient of each row's mean loss with respect to the atoms, by autograd."""
+    with torch.enable_grad():
+        omega_var = omega.detach().requires_grad_(True)
+        loss = loss_fn(omega_var)
+        if loss.dim() == 2:
+            loss = loss.mean(dim=-1)
+        if loss.dim() != 1 or loss.shape[0] != omega.shape[0]:
+            raise DistributionError(
+                f"loss_fn must return (B, N) or (B,) losses, got shape {tuple(loss.shape)}"
+            )
+        (grad,) = torch.autograd.grad(loss.sum(), omega_var)
+    return grad
 
 
 def linear_worst_case_margin(

@@ -31,8 +31,12 @@ __all__ = [
 ]
 
 PositionMap: TypeAlias = "Sequence[int] | Callable[[Tensor], Tensor] | None"
-"""How a geometric barrier reads its position from the state: ``None`` (the whole state), a
-sequence of state indices, or a differentiable map ``x (B, n_x) -> p (B, d)``."""
+r"""How a geometric barrier reads its position from the state: ``None`` (the whole state), a
+sequence of state indices, or a differentiable map ``x (B, n_x) -> p (B, d)``.
+
+A map may also carry its Jacobian as a method ``jacobian(x) -> (B, d, n_x)``; the barrier's
+gradient is then the chain rule :math:`\nabla h = J_P^\top \nabla_p \phi` in closed form
+(no autograd), while its Hessian still comes from autograd."""
 
 
 # ---------------------------------------------------------------------------------- barriers
@@ -233,7 +237,17 @@ class _PositionBarrier(Barrier):
 
     def grad(self, x: Tensor) -> Tensor:
         if self._map is not None:
-            return super().grad(x)
+            jacobian = getattr(self._map, "jacobian", None)
+            if jacobian is None:
+                return super().grad(x)
+            jac = jacobian(x)
+            expected = (x.shape[0], self.dim, x.shape[1])
+            if not isinstance(jac, Tensor) or tuple(jac.shape) != expected:
+                got = tuple(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
+                raise ConfigError(
+                    f"the position map's jacobian(x) must have shape {expected}, got {got}"
+                )
+            return (self._grad_p(self.position(x)).unsqueeze(1) @ jac).squeeze(1)
         gp = self._grad_p(self.position(x))
         if self._index is None:
             return gp

@@ -265,7 +265,10 @@ def _cbf_rows(
     keep = torch.is_grad_enabled() and (
         x.requires_grad or w.requires_grad or any(_tracks_grad(o) for o in (model, *barriers))
     )
-    with torch.enable_grad():
+    # The HOCBF needs a graph for J_f and J_D; first-order rows need one only to be returned
+    # (a barrier whose gradient comes from autograd records its own).
+    need_graph = keep or relative_degree == 2
+    with torch.enable_grad() if need_graph else torch.no_grad():
         G, h = _rows(model, barriers, x, w, a1.to(x), a2.to(x), relative_degree, mean)
     if not keep:
         G, h = G.detach(), h.detach()
@@ -292,7 +295,7 @@ def _rows(
     :math:`K = \nabla^2 h\, D + J_{D}^\top` and :math:`F_i = \bar F + D\delta_i`, its mean is
     :math:`\overline{\nabla\psi_1}^\top \bar F + \langle K^\top D, \Sigma\rangle`.
     """
-    xx = _leaf(x)
+    xx = _leaf(x) if torch.is_grad_enabled() else x
     f, g, d = _model_terms(model, xx)
     if mean:
         w_mean = w.mean(1)  # (B, nw)
