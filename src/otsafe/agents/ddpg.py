@@ -403,16 +403,6 @@ class CBFRows:
             and ((h_all[:, 1:] - predicted).abs().amax() <= tol)
         )
 
-    def split(self, k: int) -> tuple[CBFRows, CBFRows]:
-        """The rows of the first ``k`` states and of the rest."""
-        parts = []
-        for sl in (slice(0, k), slice(k, None)):
-            part = copy.copy(self)
-            part.x = self.x[sl]
-            part.G, part.h0, part.ld = self.G[sl], self.h0[sl], self.ld[sl]
-            parts.append(part)
-        return parts[0], parts[1]
-
     def averaged(self, atoms: Tensor) -> tuple[Tensor, Tensor]:
         """Rows ``(G, h)`` averaged over ``atoms`` (B, N, n_w)."""
         if self.affine:
@@ -644,8 +634,11 @@ class DDPGAgent:
         self.critic = Critic(obs_dim, len(self.low), config.hidden).to(self.device)
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        # The fused Adam kernel (CPU and CUDA): the same update in one kernel per step.
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=config.critic_lr, fused=True
+        )
         self.buffer = ReplayBuffer(
             obs_dim,
             safety.model.state_dim,
@@ -724,11 +717,11 @@ class DDPGAgent:
             rows, atoms = layer.prepare(
                 torch.cat([next_state, state]), torch.cat([next_ref, u_ref.detach()])
             )
-            rows_next, rows_now = rows.split(cfg.batch_size)
-            next_u = layer.solve(rows_next, next_ref, atoms[: cfg.batch_size]).action
-            rectified = layer.solve(
-                rows_now, u_ref, atoms[cfg.batch_size :], differentiable=True
-            ).action
+            # One final QP for both halves: rows are independent problems, and only the actor's
+            # half carries a graph (next_ref has none).
+            both = layer.solve(rows, torch.cat([next_ref, u_ref]), atoms, differentiable=True)
+            next_u = both.action[: cfg.batch_size].detach()
+            rectified = both.action[cfg.batch_size :]
 
         # Critic: y = r + gamma (1 - done) Q'(s', u_r(mu'(s')))  (the target policy is filtered).
         with torch.no_grad():
@@ -746,10 +739,10 @@ class DDPGAgent:
         actor_loss.backward()
         self.actor_opt.step()
 
-        with torch.no_grad():
+        with torch.no_grad():  # Polyak averaging: theta' <- theta' + tau (theta - theta')
             for net, tgt in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
                 for p, tp in zip(net.parameters(), tgt.parameters(), strict=True):
-                    tp.mul_(1 - cfg.tau).add_(cfg.tau * p)
+                    tp.lerp_(p, cfg.tau)
         return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
 
     def _target_q(self, next_obs: Tensor) -> Callable[[Tensor], Tensor]:
