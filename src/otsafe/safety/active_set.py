@@ -163,21 +163,16 @@ def _candidates(n_rows: int, size: int, device: torch.device) -> Tensor:
     key = (n_rows, size, str(device))
     if key not in _CANDIDATES:
         combos = list(itertools.combinations(range(n_rows), size))
-        _CANDIDATES[key] = torch.tensor(combos, dtype=torch.long, device=device).reshape(-1, size)
+        table = torch.tensor(combos, dtype=torch.long, device=device)
+        _CANDIDATES[key] = table.reshape(len(combos), size)
     return _CANDIDATES[key]
 
 
-def _all_candidates(n_rows: int, n_vars: int, device: torch.device) -> Tensor:
-    """Every candidate active set of size 0..n_vars, padded with -1, (C, n_vars), cached."""
-    key = (n_rows, -n_vars, str(device))
-    if key not in _CANDIDATES:
-        rows = [[-1] * n_vars]
-        for size in range(1, min(n_vars, n_rows) + 1):
-            rows += [
-                [*c, *[-1] * (n_vars - size)] for c in itertools.combinations(range(n_rows), size)
-            ]
-        _CANDIDATES[key] = torch.tensor(rows, dtype=torch.long, device=device)
-    return _CANDIDATES[key]
+def _rows_of(g: Gram, idx: Tensor) -> Gram:
+    """The Gram quantities of the batch rows ``idx``."""
+    return Gram(
+        g.z0[idx], g.ahinv[idx], g.p[idx], g.v[idx], g.tol[idx], g.present[idx], g.eps
+    )
 
 
 @torch.inference_mode()
@@ -186,8 +181,10 @@ def enumerate_active_set(g: Gram, n_vars: int, chunk_elements: int = 1 << 23) ->
 
     Returns slots (B, n_vars): row indices, -1 for empty slots, all
     :data:`INFEASIBLE_SLOT` for rows with no KKT candidate (infeasible problems).
-    The batch is processed in chunks so that at most ``chunk_elements`` candidate residuals
-    are held at once.
+    The candidates are tried in order of size, and within a size in the order of
+    ``itertools.combinations``; the first KKT candidate wins. Each size is evaluated only on the
+    rows that have none yet (most rows stop at size 0 or 1), and the batch is processed in chunks
+    so that at most ``chunk_elements`` candidate residuals are held at once.
     """
     if n_vars > 3:
         raise ValueError("enumeration handles at most 3 variables")
@@ -197,76 +194,76 @@ def enumerate_active_set(g: Gram, n_vars: int, chunk_elements: int = 1 << 23) ->
     if batch > step:
         parts = [
             enumerate_active_set(
-                Gram(
-                    g.z0[i : i + step],
-                    g.ahinv[i : i + step],
-                    g.p[i : i + step],
-                    g.v[i : i + step],
-                    g.tol[i : i + step],
-                    g.present[i : i + step],
-                    g.eps,
-                ),
+                _rows_of(g, torch.arange(i, min(i + step, batch), device=g.v.device)),
                 n_vars,
                 chunk_elements,
             )
             for i in range(0, batch, step)
         ]
         return torch.cat(parts)
-    dev = g.v.device
+    slots = torch.full((batch, n_vars), INFEASIBLE_SLOT, dtype=torch.long, device=g.v.device)
+    open_rows = torch.arange(batch, device=g.v.device)  # rows without a KKT candidate yet
+    sub = g
+    for size in range(min(n_vars, n_rows) + 1):
+        ok = _kkt_candidates(sub, size, n_vars)  # (b, C) for the size-`size` candidates
+        hit = ok.any(-1)
+        padded = _candidates(n_rows, size, g.v.device)
+        padded = torch.nn.functional.pad(padded, (0, n_vars - size), value=-1)
+        # argmax of the first True (int8: argmax returns the first maximum)
+        slots[open_rows[hit]] = padded[ok[hit].to(torch.int8).argmax(-1)]
+        if bool(hit.all()):
+            break
+        open_rows = open_rows[~hit]
+        sub = _rows_of(sub, (~hit).nonzero().squeeze(-1))
+    return slots
+
+
+def _kkt_candidates(g: Gram, size: int, n_vars: int) -> Tensor:
+    r"""Which ``size``-subsets of the rows are KKT active sets, (B, C) in combination order.
+
+    Closed-form 1x1, 2x2 and 3x3 solves of :math:`P_{SS}\lambda_S = v_S`, then
+    :math:`\lambda_S \ge 0` and :math:`v - P_{:S}\lambda_S \le` tol (with rounding).
+    """
     lam_tol = 1e-9 if g.v.dtype == torch.float64 else 1e-4
     det_tol = 1e-12 if g.v.dtype == torch.float64 else 1e-6
+    if size == 0:
+        return (g.v.masked_fill(~g.present, -math.inf) <= g.tol).all(-1, keepdim=True)
     all_present = bool(g.present.all())
     v = g.v if all_present else torch.where(g.present, g.v, torch.zeros_like(g.v))
     diag = g.p.diagonal(dim1=1, dim2=2)  # (B, M)
     p_max = diag.amax(-1, keepdim=True).unsqueeze(1)  # (B, 1, 1)
-    tol0 = g.tol.unsqueeze(1)
-
-    def kkt(lam_abs: Tensor, lam_min: Tensor, resid: Tensor, regular: Tensor) -> Tensor:
-        """Which candidates are KKT points: regular, lam >= 0 and A z_S <= b (with rounding).
-
-        ``lam_abs``/``lam_min`` are the largest |lambda| and the smallest lambda of each
-        candidate; rounding in v - P_S lam grows with |P_S| |lam|, so the tolerance does too.
-        """
-        if not all_present:
-            resid = resid.masked_fill(~g.present.unsqueeze(1), -math.inf)
-        tol = tol0 + (g.eps * n_vars) * (lam_abs.unsqueeze(-1) * p_max)
-        return regular & (lam_min >= -lam_tol * (1.0 + lam_abs)) & (resid <= tol).all(-1)
-
-    # The candidates in order of size (the order of _all_candidates); the first KKT one wins.
-    oks = [(g.v.masked_fill(~g.present, -math.inf) <= g.tol).all(-1, keepdim=True)]
-    for size in range(1, min(n_vars, n_rows) + 1):
-        cand = _candidates(n_rows, size, dev)  # (C, size)
-        if size == 1:  # lam_i = v_i / P_ii;  residual v - lam_i P_i:
-            regular = diag > 1e-14 * (1.0 + p_max[:, 0])
-            lam = v / torch.where(regular, diag, 1.0)
-            resid = v.unsqueeze(1) - lam.unsqueeze(-1) * g.p
-            lam_abs, lam_min = lam.abs(), lam
-        elif size == 2:  # closed-form 2x2 solve on pairs (i, j)
-            i, j = cand[:, 0], cand[:, 1]
-            rows_i, rows_j = g.p[:, i, :], g.p[:, j, :]  # (B, C, M)
-            pii, pjj, pij = diag[:, i], diag[:, j], g.p[:, i, j]
-            det = pii * pjj - pij * pij
-            regular = det > det_tol * pii * pjj
-            safe = torch.where(regular, det, 1.0)
-            vi, vj = v[:, i], v[:, j]
-            lam_i = (pjj * vi - pij * vj) / safe
-            lam_j = (pii * vj - pij * vi) / safe
-            resid = v.unsqueeze(1) - lam_i.unsqueeze(-1) * rows_i - lam_j.unsqueeze(-1) * rows_j
-            lam_abs = torch.maximum(lam_i.abs(), lam_j.abs())
-            lam_min = torch.minimum(lam_i, lam_j)
-        else:  # |S| = 3, closed-form 3x3 inverse
-            k_mat = g.p[:, cand[:, :, None], cand[:, None, :]]  # (B, C, 3, 3)
-            inv, det = small_inverse_det(k_mat)
-            regular = det > det_tol * k_mat.diagonal(dim1=-2, dim2=-1).prod(-1)
-            lam = (inv @ v[:, cand].unsqueeze(-1)).squeeze(-1)
-            resid = v.unsqueeze(1) - (lam.unsqueeze(-1) * g.p[:, cand, :]).sum(-2)
-            lam_abs, lam_min = lam.abs().amax(-1), lam.amin(-1)
-        if not all_present:
-            regular = regular & g.present[:, cand].all(-1)
-        oks.append(kkt(lam_abs, lam_min, resid, regular))
-    ok = torch.cat(oks, 1)
-    slots = _all_candidates(n_rows, n_vars, dev)[ok.to(torch.int8).argmax(-1)]
-    return torch.where(ok.any(-1, keepdim=True), slots, torch.full_like(slots, INFEASIBLE_SLOT))
+    cand = _candidates(g.v.shape[1], size, g.v.device)  # (C, size)
+    if size == 1:  # lam_i = v_i / P_ii;  residual v - lam_i P_i:
+        regular = diag > 1e-14 * (1.0 + p_max[:, 0])
+        lam = v / torch.where(regular, diag, 1.0)
+        resid = v.unsqueeze(1) - lam.unsqueeze(-1) * g.p
+        lam_abs, lam_min = lam.abs(), lam
+    elif size == 2:  # closed-form 2x2 solve on pairs (i, j)
+        i, j = cand[:, 0], cand[:, 1]
+        rows_i, rows_j = g.p[:, i, :], g.p[:, j, :]  # (B, C, M)
+        pii, pjj, pij = diag[:, i], diag[:, j], g.p[:, i, j]
+        det = pii * pjj - pij * pij
+        regular = det > det_tol * pii * pjj
+        safe = torch.where(regular, det, 1.0)
+        vi, vj = v[:, i], v[:, j]
+        lam_i = (pjj * vi - pij * vj) / safe
+        lam_j = (pii * vj - pij * vi) / safe
+        resid = v.unsqueeze(1) - lam_i.unsqueeze(-1) * rows_i - lam_j.unsqueeze(-1) * rows_j
+        lam_abs = torch.maximum(lam_i.abs(), lam_j.abs())
+        lam_min = torch.minimum(lam_i, lam_j)
+    else:  # |S| = 3, closed-form 3x3 inverse
+        k_mat = g.p[:, cand[:, :, None], cand[:, None, :]]  # (B, C, 3, 3)
+        inv, det = small_inverse_det(k_mat)
+        regular = det > det_tol * k_mat.diagonal(dim1=-2, dim2=-1).prod(-1)
+        lam = (inv @ v[:, cand].unsqueeze(-1)).squeeze(-1)
+        resid = v.unsqueeze(1) - (lam.unsqueeze(-1) * g.p[:, cand, :]).sum(-2)
+        lam_abs, lam_min = lam.abs().amax(-1), lam.amin(-1)
+    if not all_present:
+        regular = regular & g.present[:, cand].all(-1)
+        resid = resid.masked_fill(~g.present.unsqueeze(1), -math.inf)
+    # rounding in v - P_S lam grows with |P_S| |lam|, so the tolerance does too
+    tol = g.tol.unsqueeze(1) + (g.eps * n_vars) * (lam_abs.unsqueeze(-1) * p_max)
+    return regular & (lam_min >= -lam_tol * (1.0 + lam_abs)) & (resid <= tol).all(-1)
 
 
 # ---------------------------------------------------------------------------- Goldfarb-Idnani
