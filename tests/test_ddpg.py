@@ -270,3 +270,32 @@ def test_worst_case_with_closed_form_gradient_equals_autograd_ascent() -> None:
     fast = worst_case(loss, ball, steps=3, step_size=1.0, grad_fn=grad_fn)
     slow = worst_case(loss, ball, steps=3, step_size=1.0)
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+def test_update_on_the_cvxpylayers_backend_matches_the_native_one() -> None:
+    """The benchmarks' reference pipeline (QP on cvxpylayers, target half apart) takes the same
+    update as the native one (one QP for both halves), up to the reference's tolerances."""
+    pytest.importorskip("cvxpylayers")
+    grads = []
+    for backend in ("native", "cvxpylayers"):
+        gen = torch.Generator().manual_seed(0)
+        atoms = torch.randn(8, 2, generator=gen, dtype=F64) * 0.1
+        safety = SafetyConfig(mode="worst", radius=0.3, alpha=2.0, backend=backend)  # type: ignore[arg-type]
+        layer = SafetyLayer(
+            SingleIntegrator(2), [CircleBarrier([0.0, 0.0], 1.0)], LOW, HIGH, safety, atoms
+        )
+        cfg = DDPGConfig(hidden=(8,), batch_size=6, buffer_size=50, learning_starts=6)
+        agent = DDPGAgent(obs_dim=2, low=LOW, high=HIGH, safety=layer, config=cfg, seed=0)
+        rng = np.random.default_rng(1)
+        for _ in range(6):  # states left of the disc (constraints active), next states right
+            x = rng.uniform([-1.06, -0.1], [-1.02, 0.1])
+            agent.observe(
+                obs=x, state=x, action=np.array([1.0, 0.0]), reward=1.0,
+                next_obs=-x, next_state=-x, done=0.0,
+            )  # fmt: skip
+        agent.update()
+        # the gradients of both losses (Adam's first step moves every weight by +-lr alone)
+        nets = (agent.actor, agent.critic)
+        grads.append(torch.cat([p.grad.flatten() for net in nets for p in net.parameters()]))  # type: ignore[union-attr]
+    assert float(grads[0].abs().max()) > 1e-3
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)

@@ -403,6 +403,16 @@ class CBFRows:
             and ((h_all[:, 1:] - predicted).abs().amax() <= tol)
         )
 
+    def split(self, k: int) -> tuple[CBFRows, CBFRows]:
+        """The rows of the first ``k`` states and of the rest."""
+        parts = []
+        for sl in (slice(0, k), slice(k, None)):
+            part = copy.copy(self)
+            part.x = self.x[sl]
+            part.G, part.h0, part.ld = self.G[sl], self.h0[sl], self.ld[sl]
+            parts.append(part)
+        return parts[0], parts[1]
+
     def averaged(self, atoms: Tensor) -> tuple[Tensor, Tensor]:
         """Rows ``(G, h)`` averaged over ``atoms`` (B, N, n_w)."""
         if self.affine:
@@ -717,11 +727,16 @@ class DDPGAgent:
             rows, atoms = layer.prepare(
                 torch.cat([next_state, state]), torch.cat([next_ref, u_ref.detach()])
             )
-            # One final QP for both halves: rows are independent problems, and only the actor's
-            # half carries a graph (next_ref has none).
-            both = layer.solve(rows, torch.cat([next_ref, u_ref]), atoms, differentiable=True)
-            next_u = both.action[: cfg.batch_size].detach()
-            rectified = both.action[cfg.batch_size :]
+            half = cfg.batch_size
+            if layer.config.backend == "native":
+                # One final QP for both halves: rows are independent problems, and only the
+                # actor's half carries a graph (next_ref has none).
+                both = layer.solve(rows, torch.cat([next_ref, u_ref]), atoms, differentiable=True)
+                next_u, rectified = both.action[:half].detach(), both.action[half:]
+            else:  # cvxpylayers differentiates every row it is given: the targets' half apart
+                rows_next, rows_now = rows.split(half)
+                next_u = layer.solve(rows_next, next_ref, atoms[:half]).action
+                rectified = layer.solve(rows_now, u_ref, atoms[half:], differentiable=True).action
 
         # Critic: y = r + gamma (1 - done) Q'(s', u_r(mu'(s')))  (the target policy is filtered).
         with torch.no_grad():
