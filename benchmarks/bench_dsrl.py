@@ -11,7 +11,11 @@ otsafe's reference backend.
 A last row times the same DDPG with no safety layer at all (``ddpg``): its ratio to the
 cvxpylayers row is the ceiling of any speed-up a faster QP could bring.
 
-Usage: ``python benchmarks/bench_dsrl.py [--steps 200] [--tight]``.
+``--split`` then times the native step's parts (the CBF rows, the QP solves, the worst-case
+ascents; the rest is networks, optimiser, replay and environment) with timers wrapped around the
+agent module's calls, in a separate pass so that the timers do not touch the throughput rows.
+
+Usage: ``python benchmarks/bench_dsrl.py [--steps 200] [--tight] [--split]``.
 """
 
 from __future__ import annotations
@@ -19,18 +23,30 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import numpy as np
 import torch
 
+import otsafe.agents.ddpg as ddpg_module
 from otsafe.experiments.config import resolve_config
 from otsafe.experiments.dsrl_config import DSRLConfig
 from otsafe.experiments.dsrl_runner import make_agent, make_env
 from otsafe.safety import qp as qp_module
 
 
-def throughput(backend: str, steps: int, warmup: int, method: str = "dsrl") -> float:
-    """Environment steps per second of training (acting + one update per step)."""
+def throughput(
+    backend: str,
+    steps: int,
+    warmup: int,
+    method: str = "dsrl",
+    around: Callable[[], AbstractContextManager[None]] = nullcontext,
+) -> float:
+    """Environment steps per second of training (acting + one update per step); the timed
+    steps run inside ``around()``."""
     cfg = resolve_config(
         "dsrl-dubins",
         sets=[
@@ -67,10 +83,48 @@ def throughput(backend: str, steps: int, warmup: int, method: str = "dsrl") -> f
 
     for _ in range(warmup):  # fill the buffer (acting only, no updates yet)
         step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps / (time.perf_counter() - start)
+    with around():
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        elapsed = time.perf_counter() - start
+    return steps / elapsed
+
+
+@contextmanager
+def timed_parts(totals: dict[str, float]) -> Iterator[None]:
+    """Accumulate the seconds spent in the agent module's CBF rows, QP solves and ascents."""
+
+    def timer(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[name] += time.perf_counter() - start
+
+        return wrapped
+
+    targets = [
+        (ddpg_module, "solve_qp", "QP solves"),
+        (ddpg_module, "worst_case", "worst-case ascents"),
+        (ddpg_module.CBFRows, "__init__", "CBF rows"),
+    ]
+    saved = [getattr(owner, attr) for owner, attr, _ in targets]
+    for (owner, attr, name), fn in zip(targets, saved, strict=True):
+        setattr(owner, attr, timer(name, fn))
+    try:
+        yield
+    finally:
+        for (owner, attr, _), fn in zip(targets, saved, strict=True):
+            setattr(owner, attr, fn)
+
+
+def step_split(steps: int, warmup: int) -> tuple[float, dict[str, float]]:
+    """Milliseconds per native DSRL step, and per part of it (timers on the timed steps only)."""
+    totals: dict[str, float] = defaultdict(float)
+    rate = throughput("native", steps, warmup, around=lambda: timed_parts(totals))
+    return 1000 / rate, {k: 1000 * v / steps for k, v in totals.items()}
 
 
 def main() -> None:
@@ -79,6 +133,7 @@ def main() -> None:
     parser.add_argument("--cvx-steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--tight", action="store_true", help="also time cvxpylayers at 1e-10")
+    parser.add_argument("--split", action="store_true", help="also time the native step's parts")
     args = parser.parse_args()
     torch.set_num_threads(1)
     native = throughput("native", args.steps, args.warmup)
@@ -117,6 +172,15 @@ def main() -> None:
         f"| *for scale:* `ddpg`, no safety layer | {ceiling:.2f} | "
         f"(the most any QP could give: {ceiling / cvx:.0f}x) |"
     )
+    if args.split:
+        per_step, parts = step_split(args.steps, args.warmup)
+        print(f"\n## Where a native step's {per_step:.2f} ms go (timers on)\n")
+        print("| part of the step | ms per step |")
+        print("|---|---:|")
+        for name, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
+            print(f"| {name} | {ms:.2f} |")
+        rest = per_step - sum(parts.values())
+        print(f"| networks, optimiser, replay, environment (the rest) | {rest:.2f} |")
 
 
 if __name__ == "__main__":
