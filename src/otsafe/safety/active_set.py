@@ -18,9 +18,9 @@ and :math:`S` is optimal iff :math:`\lambda_S \ge 0` and :math:`A z_S \le b` (KK
 ways to find it:
 
 :func:`enumerate_active_set`
-    Evaluates every :math:`S` with :math:`|S| \le N \le 3` at once, with closed-form 1x1, 2x2 and
-    3x3 solves, and keeps the first KKT candidate. Optimal when there are few candidates (the
-    common n = 2 safety filter).
+    Evaluates every :math:`S` with :math:`|S| \le N \le 3`, size by size, with closed-form 1x1,
+    2x2 and 3x3 solves, and keeps the first KKT candidate; it stops at the first size that
+    solves every row. Optimal when there are few candidates (the common n = 2 safety filter).
 :func:`goldfarb_idnani_active_set`
     The dual active-set method of Goldfarb & Idnani (1983, *A numerically stable dual method for
     solving strictly convex quadratic programs*), batched with masks. It starts at :math:`z_0`,
@@ -174,21 +174,24 @@ def _candidates(n_rows: int, size: int, device: torch.device) -> Tensor:
     return _CANDIDATES[key]
 
 
+_TABLES: dict[tuple[int, int, int, int, str], Tensor] = {}
+
+
 def _candidate_table(n_rows: int, n_vars: int, sizes: range, device: torch.device) -> Tensor:
     """The candidates of the given sizes in order, padded with -1 to (C, n_vars), cached."""
-    key = (n_rows, -n_vars - 1000 * sizes.start - 10**6 * sizes.stop, str(device))
-    if key not in _CANDIDATES:
-        _CANDIDATES[key] = torch.cat(
+    key = (n_rows, n_vars, sizes.start, sizes.stop, str(device))
+    if key not in _TABLES:
+        _TABLES[key] = torch.cat(
             [
                 torch.nn.functional.pad(_candidates(n_rows, k, device), (0, n_vars - k), value=-1)
                 for k in sizes
             ]
         )
-    return _CANDIDATES[key]
+    return _TABLES[key]
 
 
-def _rows_of(g: Gram, idx: Tensor) -> Gram:
-    """The Gram quantities of the batch rows ``idx``."""
+def _rows_of(g: Gram, idx: Tensor | slice) -> Gram:
+    """The Gram quantities of the batch rows ``idx`` (a slice gives views)."""
     return Gram(
         g.z0[idx], g.ahinv[idx], g.p[idx], g.v[idx], g.tol[idx], g.present[idx], g.eps
     )
@@ -201,9 +204,9 @@ def enumerate_active_set(g: Gram, n_vars: int, chunk_elements: int = 1 << 23) ->
     Returns slots (B, n_vars): row indices, -1 for empty slots, all
     :data:`INFEASIBLE_SLOT` for rows with no KKT candidate (infeasible problems).
     The candidates are tried in order of size, and within a size in the order of
-    ``itertools.combinations``; the first KKT candidate wins. Each size is evaluated only on the
-    rows that have none yet (most rows stop at size 0 or 1), and the batch is processed in chunks
-    so that at most ``chunk_elements`` candidate residuals are held at once.
+    ``itertools.combinations``; the first KKT candidate wins. The sizes stop once every row has
+    one, and costly sizes run on the rows still open alone (see :func:`_enumerate`). The batch is
+    processed in chunks so that at most ``chunk_elements`` candidate residuals are held at once.
     """
     if n_vars > 3:
         raise ValueError("enumeration handles at most 3 variables")
@@ -213,7 +216,7 @@ def enumerate_active_set(g: Gram, n_vars: int, chunk_elements: int = 1 << 23) ->
     if batch > step:
         parts = [
             enumerate_active_set(
-                _rows_of(g, torch.arange(i, min(i + step, batch), device=g.v.device)),
+                _rows_of(g, slice(i, i + step)),
                 n_vars,
                 chunk_elements,
             )
