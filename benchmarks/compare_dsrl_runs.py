@@ -8,10 +8,13 @@ Student-t 95% CI over seeds), the paired difference (method - baseline, over the
 have), and the probability that a seed of the method violates less often than a seed of the
 baseline (ties count half; percentile bootstrap CI, ``otsafe.experiments.stats``).
 
+``--figure PATH`` also plots the metric against the shift δ/ρ for one direction (default the
+worst one), both methods with their 95% CIs over the pooled seeds.
+
 Run (docs/reproduction/dsrl.md)::
 
     python benchmarks/compare_dsrl_runs.py runs/dsrl-dubins runs/dsrl-dubins-s5 \\
-        --method dsrl --baseline ddpg-cbf --metric violation_rate
+        --method dsrl --baseline ddpg-cbf --metric violation_rate --figure fig.png
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from otsafe.experiments.stats import Estimate, mean_ci, probability_of_improvement
 
@@ -57,12 +61,52 @@ def fmt(e: Estimate, clip: bool) -> str:
     return f"{e.mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
+def plot(
+    table: dict[tuple[str, str], dict[str, dict[int, float]]],
+    methods: list[str],
+    metric: str,
+    direction: str,
+    path: Path,
+) -> None:
+    """The metric against δ/ρ for ``direction``, one line with a 95% CI band per method."""
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    colours = {"ddpg": "#7f7f7f", "ddpg-cbf": "#1f77b4", "dsrl": "#d62728"}
+    for method in methods:
+        points = sorted(
+            (float(delta), mean_ci(list(by_method[method].values())))
+            for (dist, delta), by_method in table.items()
+            if dist == f"shift/{direction}" and by_method.get(method)
+        )
+        if not points:
+            raise SystemExit(f"no shift/{direction} rows for {method!r}")
+        x = np.array([p[0] for p in points])
+        est = [p[1] for p in points]
+        mean = np.array([e.mean for e in est])
+        low, high = np.array([e.ci_low for e in est]), np.array([e.ci_high for e in est])
+        # constant values have no interval: the band collapses onto the mean
+        low, high = np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean)
+        if metric.endswith("_rate"):
+            low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+        n = est[0].n
+        colour = colours.get(method)
+        ax.plot(x, mean, marker="o", color=colour, label=f"{method} ({n} seeds)")
+        ax.fill_between(x, low, high, color=colour, alpha=0.2)
+    ax.set_xlabel(f"mean shift δ/ρ ({direction} direction)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--method", default="dsrl")
     parser.add_argument("--baseline", default="ddpg-cbf")
     parser.add_argument("--metric", default="violation_rate")
+    parser.add_argument("--figure", type=Path, help="also plot the metric against the shift")
+    parser.add_argument("--direction", default="worst", help="shift direction of the figure")
     args = parser.parse_args()
     table = pooled(args.runs, args.metric)
     lower = args.metric in LOWER_IS_BETTER
@@ -87,6 +131,10 @@ def main() -> None:
             f"| {dist} | {delta} | {len(common)} | {fmt(mean_ci(xb), rate)} | "
             f"{fmt(mean_ci(xa), rate)} | {fmt(diff, False)} | {fmt(prob, True)} |"
         )
+
+    if args.figure is not None:
+        plot(table, [args.baseline, args.method], args.metric, args.direction, args.figure)
+        print(f"\nwrote {args.figure}")
 
 
 if __name__ == "__main__":
