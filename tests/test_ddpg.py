@@ -240,10 +240,12 @@ def test_margin_loss_gradient_in_closed_form_matches_autograd(kind: str) -> None
         model, barriers, x, rates = _rows_case(kind)
     rows = CBFRows(model, barriers, x, rates)  # type: ignore[arg-type]
     cfg = SafetyConfig(mode="worst", radius=0.3)
-    atoms = torch.randn(5, 7, model.disturbance_dim, dtype=F64)  # type: ignore[attr-defined]
+    gen = torch.Generator().manual_seed(1)
+    nw = model.disturbance_dim  # type: ignore[attr-defined]
+    atoms = torch.randn(5, 7, nw, generator=gen, dtype=F64)
     bound = np.ones(model.control_dim)  # type: ignore[attr-defined]
     layer = SafetyLayer(model, barriers, -bound, bound, cfg, atoms[0])  # type: ignore[arg-type]
-    u = torch.randn(5, rows.G.shape[-1], dtype=F64)
+    u = torch.randn(5, rows.G.shape[-1], generator=gen, dtype=F64)
     grad_fn = layer.margin_loss_grad(rows, u)
     if kind == "quadratic":
         assert grad_fn is None  # not affine in the atom: autograd
