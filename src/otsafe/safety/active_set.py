@@ -158,9 +158,10 @@ def n_candidates(n_rows: int, n_vars: int) -> int:
 _CANDIDATES: dict[tuple[int, int, str], Tensor] = {}
 
 # Evaluate the remaining candidate sizes on the open rows alone only when they cost at least this
-# many residual entries per row: gathering the rows costs more than it saves below (measured:
-# n = 2 with 3 rows + a box, 196 and 147 entries, is 2-7x faster for B = 64 to 4096; 4 rows with
-# no box, 40 and 24 entries, is 15% slower).
+# many residual entries per row: gathering the rows costs more than it saves below. Measured side
+# by side with evaluating every size on every row (n = 2, 2 threads, ad hoc): with 3 rows + a box
+# (196 and 147 entries left after sizes 0 and 1) the open rows alone were 2-7x faster at
+# B = 64 to 4096; with 4 rows and no box (40 and 24 entries) up to 1.5x slower at B = 64 to 256.
 _SUBSET_MIN_WORK = 64
 
 
