@@ -478,3 +478,35 @@ def test_beyond_the_fast_range_same_method_stays_exact() -> None:
     assert bool((info.status == QPStatus.OPTIMAL).all())
     ref = clarabel(as_np(u_ref), as_np(G), as_np(h), as_np(lb), as_np(ub))
     assert np.abs(u.numpy() - ref).max() < 1e-8
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 23, 700])
+@pytest.mark.parametrize("n_barriers", [1, 3, 4])
+def test_enumeration_picks_the_first_kkt_candidate_of_all(
+    n_barriers: int, chunk_elements: int
+) -> None:
+    """The size-by-size enumeration (early stop, open rows alone, chunks) returns the first KKT
+    candidate of the full list, every size evaluated on every row: here with a box, so that the
+    costly sizes do run on the open rows alone, and with duplicated rows (degenerate)."""
+    from otsafe.safety import active_set as aset
+    from otsafe.safety.qp import _build
+
+    gen = torch.Generator().manual_seed(n_barriers)
+    batch, n = 300, 2
+    u = torch.rand(batch, n, generator=gen, dtype=torch.float64) * 3 - 1.5
+    G = torch.randn(batch, n_barriers, n, generator=gen, dtype=torch.float64)
+    if n_barriers > 1:
+        G[::3, 1] = G[::3, 0]  # duplicated rows in a third of the problems
+    h = torch.rand(batch, n_barriers, generator=gen, dtype=torch.float64) * 2 - 0.3
+    box = torch.ones(batch, n, dtype=torch.float64)
+    prob, _ = _build(u, G, h, -box, box, None, None)
+    g = aset.gram(prob)
+    got = aset.enumerate_active_set(g, n, chunk_elements=chunk_elements)
+    n_rows = prob.a.shape[1]
+    ok = torch.cat([aset._kkt_candidates(g, k, n) for k in range(n + 1)], 1)
+    table = aset._candidate_table(n_rows, n, range(n + 1), g.v.device)
+    want = torch.where(
+        ok.any(-1, keepdim=True), table[ok.to(torch.int8).argmax(-1)], aset.INFEASIBLE_SLOT
+    )
+    assert torch.equal(got, want)
+    assert bool((got[:, 0] == aset.INFEASIBLE_SLOT).any()) == bool((~ok.any(-1)).any())
