@@ -503,7 +503,8 @@ def test_enumeration_picks_the_first_kkt_candidate_of_all(
     g = aset.gram(prob)
     got = aset.enumerate_active_set(g, n, chunk_elements=chunk_elements)
     n_rows = prob.a.shape[1]
-    ok = torch.cat([aset._kkt_candidates(g, k, n) for k in range(n + 1)], 1)
+    shared = aset._Shared.of(g)
+    ok = torch.cat([aset._kkt_candidates(g, k, n, shared) for k in range(n + 1)], 1)
     table = aset._candidate_table(n_rows, n, range(n + 1), g.v.device)
     want = torch.where(
         ok.any(-1, keepdim=True), table[ok.to(torch.int8).argmax(-1)], aset.INFEASIBLE_SLOT

@@ -241,8 +241,11 @@ def _enumerate(g: Gram, n_vars: int, first_size: int) -> Tensor:
     oks: list[Tensor] = []  # per size, (B, C) in combination order
     found = torch.zeros(batch, dtype=torch.bool, device=dev)
     rest: tuple[Tensor, Tensor] | None = None
+    shared: _Shared | None = None  # what every size >= 1 needs, computed once
     for size in range(first_size, last + 1):
-        oks.append(_kkt_candidates(g, size, n_vars))
+        if size > 0 and shared is None:
+            shared = _Shared.of(g)
+        oks.append(_kkt_candidates(g, size, n_vars, shared))
         found = found | oks[-1].any(-1)
         if size == last:
             break
@@ -263,20 +266,36 @@ def _enumerate(g: Gram, n_vars: int, first_size: int) -> Tensor:
     return slots
 
 
-def _kkt_candidates(g: Gram, size: int, n_vars: int) -> Tensor:
+@dataclass
+class _Shared:
+    """The quantities of a Gram batch that every candidate size >= 1 uses."""
+
+    all_present: bool
+    v: Tensor  # (B, M) violations, 0 for absent rows
+    diag: Tensor  # (B, M) diagonal of P
+    p_max: Tensor  # (B, 1, 1) largest diagonal entry
+
+    @classmethod
+    def of(cls, g: Gram) -> _Shared:
+        all_present = bool(g.present.all())
+        v = g.v if all_present else torch.where(g.present, g.v, torch.zeros_like(g.v))
+        diag = g.p.diagonal(dim1=1, dim2=2)
+        return cls(all_present, v, diag, diag.amax(-1, keepdim=True).unsqueeze(1))
+
+
+def _kkt_candidates(g: Gram, size: int, n_vars: int, shared: _Shared | None) -> Tensor:
     r"""Which ``size``-subsets of the rows are KKT active sets, (B, C) in combination order.
 
     Closed-form 1x1, 2x2 and 3x3 solves of :math:`P_{SS}\lambda_S = v_S`, then
     :math:`\lambda_S \ge 0` and :math:`v - P_{:S}\lambda_S \le` tol (with rounding).
+    ``shared`` (:meth:`_Shared.of` of ``g``) is needed for ``size >= 1``.
     """
     lam_tol = 1e-9 if g.v.dtype == torch.float64 else 1e-4
     det_tol = 1e-12 if g.v.dtype == torch.float64 else 1e-6
     if size == 0:
         return (g.v.masked_fill(~g.present, -math.inf) <= g.tol).all(-1, keepdim=True)
-    all_present = bool(g.present.all())
-    v = g.v if all_present else torch.where(g.present, g.v, torch.zeros_like(g.v))
-    diag = g.p.diagonal(dim1=1, dim2=2)  # (B, M)
-    p_max = diag.amax(-1, keepdim=True).unsqueeze(1)  # (B, 1, 1)
+    assert shared is not None
+    all_present, v, diag, p_max = shared.all_present, shared.v, shared.diag, shared.p_max
     cand = _candidates(g.v.shape[1], size, g.v.device)  # (C, size)
     if size == 1:  # lam_i = v_i / P_ii;  residual v - lam_i P_i:
         regular = diag > 1e-14 * (1.0 + p_max[:, 0])
