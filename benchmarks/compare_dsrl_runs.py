@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from otsafe.experiments.dsrl_plots import COLOURS
 from otsafe.experiments.stats import Estimate, mean_ci, probability_of_improvement
 
 # Metrics where a lower value is better (the others: higher is better).
@@ -71,7 +72,6 @@ def plot(
     """The metric against δ/ρ for ``direction``, one line with a 95% CI band per method."""
     fig = Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
-    colours = {"ddpg": "#7f7f7f", "ddpg-cbf": "#1f77b4", "dsrl": "#d62728"}
     for method in methods:
         points = sorted(
             (float(delta), mean_ci(list(by_method[method].values())))
@@ -89,7 +89,7 @@ def plot(
         if metric.endswith("_rate"):
             low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
         n = est[0].n
-        colour = colours.get(method)
+        colour = COLOURS.get(method)
         ax.plot(x, mean, marker="o", color=colour, label=f"{method} ({n} seeds)")
         ax.fill_between(x, low, high, color=colour, alpha=0.2)
     ax.set_xlabel(f"mean shift δ/ρ ({direction} direction)")
