@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from otsafe.cli import main
 
@@ -40,6 +41,13 @@ def test_quick_preset_runs_end_to_end(
     evals = list(csv.DictReader((out / "eval.csv").open()))
     # 3 directions x 2 shifts + the heavy-tailed distribution, for each method
     assert len(evals) == 3 * (3 * 2 + 1)
+    # interventions: steps per episode where the filter changed the action; none without one
+    steps = yaml.safe_load((out / "config.yaml").read_text())["env"]["params"]["max_steps"]
+    for row in evals:
+        assert 0 <= float(row["interventions"]) <= steps
+        if row["method"] == "ddpg":
+            assert float(row["interventions"]) == 0
+    assert any(float(r["interventions"]) > 0 for r in evals if r["method"] != "ddpg")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"ddpg", "ddpg-cbf", "dsrl"}
     figures = {p.name for p in (out / "figures").iterdir()}

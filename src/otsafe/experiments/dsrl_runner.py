@@ -18,7 +18,11 @@ The run directory (staged, then moved into place as for OT-Q) holds:
 
 * ``config.yaml``;
 * ``metrics.csv``: training, one row per (method, seed, episode);
-* ``eval.csv``: one row per (method, seed, distribution, direction, delta);
+* ``eval.csv``: one row per (method, seed, distribution, direction, delta), with the means over
+  the evaluation episodes of: ``violation_rate`` (share of episodes with h < 0),
+  ``violation_steps``, ``return``, ``success_rate``, ``slack_activations`` and
+  ``interventions`` (steps where the filter changed the action); ``min_barrier`` is the
+  smallest clearance over all of them;
 * ``summary.json``;
 * ``figures/``.
 """
@@ -61,6 +65,7 @@ EVAL_COLUMNS = (
     "return",
     "success_rate",
     "slack_activations",
+    "interventions",
     "episodes",
 )
 
@@ -344,6 +349,7 @@ def run_dsrl_job(job: DSRLJob, ctx: JobContext | None = None) -> DSRLResult:
                 "return": float(np.mean([e["return"] for e in episodes])),
                 "success_rate": float(np.mean([e["success"] for e in episodes])),
                 "slack_activations": float(np.mean([e["slack_activations"] for e in episodes])),
+                "interventions": float(np.mean([e["interventions"] for e in episodes])),
                 "episodes": len(episodes),
             }
         )
@@ -420,13 +426,14 @@ def summarise(config: DSRLConfig, results: list[DSRLResult]) -> dict[str, Any]:
         for k, key in enumerate(keys):
             label = f"{key[0]}/{key[1]}/{key[2]:g}"
             evaluation[label] = {
-                col: mean_ci([r.evaluation[k][col] for r in runs]).as_dict()
+                col: mean_ci([r.evaluation[k].get(col, math.nan) for r in runs]).as_dict()
                 for col in (
                     "violation_rate",
                     "min_barrier",
                     "return",
                     "success_rate",
                     "slack_activations",
+                    "interventions",
                 )
             }
         out["methods"][method] = {
@@ -469,7 +476,8 @@ def _write_csvs(directory: Path, results: list[DSRLResult]) -> None:
                         row["distribution"],
                         row["direction"],
                         f"{row['delta']:g}",
-                        *(repr(row[c]) for c in EVAL_COLUMNS),
+                        # .get: results saved by a version without a column (resumed runs)
+                        *(repr(row.get(c, math.nan)) for c in EVAL_COLUMNS),
                     ]
                 )
 
