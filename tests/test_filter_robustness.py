@@ -1,0 +1,120 @@
+"""Tests of scripts/filter_robustness.py, the filters-alone study of docs/reproduction/dsrl.md.
+
+The physics check: with no gust noise (p0 = N(0, 0)), a reference controller that pushes the
+quadrotor into an obstacle comes to rest where the HOCBF condition holds with equality, at the
+clearance (ρ·[dsrl] − δ)/(α₁α₂) of :func:`steady_clearance`. That ties the whole DSRL filter
+(worst-case ascent in the Wasserstein ball, averaged HOCBF rows, QP, environment) to a closed
+form: the worst case of the mean gust is exactly ρ towards the obstacle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from otsafe.experiments.config import resolve_config
+from otsafe.experiments.dsrl_config import DSRLConfig
+from otsafe.experiments.dsrl_runner import make_agent, make_env, nominal, worst_direction_hook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "filter_robustness", ROOT / "scripts" / "filter_robustness.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def quiet_config(*sets: str) -> DSRLConfig:
+    """The quadrotor preset without gust noise, one obstacle on the straight line to the goal."""
+    cfg = resolve_config(
+        "dsrl-quadrotor",
+        sets=[
+            "env.nominal_std=0",
+            "env.params.obstacles=[[[2.0, 0.0, 1.0], 0.5]]",
+            "env.params.start=[0.0, 0.0, 1.0]",
+            "env.params.goal=[4.0, 0.0, 1.0]",
+            *sets,
+        ],
+    )
+    assert isinstance(cfg, DSRLConfig)
+    return cfg
+
+
+@pytest.mark.parametrize(("method", "ratio"), [("ddpg-cbf", 0.0), ("dsrl", 0.0), ("dsrl", 1.0)])
+def test_filter_pressed_on_an_obstacle_rests_at_the_closed_form_clearance(
+    script: ModuleType, method: str, ratio: float
+) -> None:
+    cfg = quiet_config()
+    env = make_env(cfg)
+    ref = script.ReferenceAgent(make_agent(cfg, env, method, seed=0), env, (1.0, 1.5))
+    p0 = nominal(cfg).with_dim(3)
+    hook = worst_direction_hook(ref, ratio * cfg.safety.radius, p0)
+    violation, min_clearance, _, infeasible, _ = script.episode(env, ref, hook, seed=0)
+    expected = script.steady_clearance(method, ratio, cfg, radius=0.5)
+    final = float(env.unwrapped.clearances().min())
+    assert final == pytest.approx(expected, abs=0.02)  # at rest on the barrier
+    assert min_clearance == pytest.approx(expected, abs=0.03)  # and no overshoot on the way
+    assert violation == float(expected < -0.02)
+    assert infeasible == 0  # the hard rows stay feasible: no elastic fallback
+
+
+def test_steady_clearance_closed_forms(script: ModuleType) -> None:
+    # c = (rho [dsrl] - delta) / (alpha_1 alpha_2) = 0.4, 0.2, -0.4
+    cfg = quiet_config("safety.alpha=2.0", "safety.alpha2=0.5", "safety.radius=0.4")
+    for method, ratio, c in (("dsrl", 0.0, 0.4), ("dsrl", 0.5, 0.2), ("ddpg-cbf", 1.0, -0.4)):
+        assert script.steady_clearance(method, ratio, cfg, 0.5, "distance") == pytest.approx(c)
+        # squared barrier: d^2 - r^2 = 2 d c, d = c + sqrt(c^2 + r^2)
+        d = 0.5 + script.steady_clearance(method, ratio, cfg, 0.5)
+        assert d * d - 0.25 == pytest.approx(2 * d * c)
+        # first order in c / r for a large obstacle
+        assert script.steady_clearance(method, ratio, cfg, 1e4) == pytest.approx(c, abs=1e-4)
+    car = resolve_config("dsrl-dubins", sets=["safety.alpha=2.0", "safety.radius=0.4"])
+    assert script.steady_clearance("dsrl", 0.5, car, 1.0, "distance") == pytest.approx(0.1)
+
+
+def test_study_saves_per_seed_values_that_load_again(
+    script: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    saved = tmp_path / "study.json"
+    base = [
+        "filter_robustness.py",
+        "--preset",
+        "dsrl-quadrotor-quick",
+        "--set",
+        "safety.ascent_steps=1",
+    ]
+    run = [*base, "--seeds", "2", "--episodes", "1", "--deltas", "0", "1", "--json", str(saved)]
+    monkeypatch.setattr(sys, "argv", run)
+    script.main()
+    first = capsys.readouterr().out
+    results = json.loads(saved.read_text())
+    assert set(results) == {"ddpg-cbf", "dsrl"}
+    for cells in results.values():
+        assert set(cells) == {"0", "1"}
+        for cell in cells.values():
+            assert set(cell) == set(script.METRICS)
+            assert all(len(values) == 2 for values in cell.values())
+            assert all(0 <= v <= 1 for v in cell["violation_rate"])
+    monkeypatch.setattr(
+        sys, "argv", [*base, "--load", str(saved), "--figure", str(tmp_path / "f.png")]
+    )
+    script.main()
+    again = capsys.readouterr().out
+    assert again.strip() in first  # the same table, from the saved values
+    assert (tmp_path / "f.png").stat().st_size > 0
