@@ -9,7 +9,6 @@ form: the worst case of the mean gust is exactly ρ towards the obstacle.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from types import ModuleType
 
 import pytest
 
+from _helpers import load_script
 from otsafe.experiments.config import resolve_config
 from otsafe.experiments.dsrl_config import DSRLConfig
 from otsafe.experiments.dsrl_runner import make_agent, make_env, nominal, worst_direction_hook
@@ -26,15 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "filter_robustness", ROOT / "scripts" / "filter_robustness.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("filter_robustness")
 
 
 def quiet_config(*sets: str) -> DSRLConfig:

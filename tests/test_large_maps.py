@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +16,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order
 
 import otsafe.envs  # noqa: F401  (registers otsafe/GridWorld-v0)
+from _helpers import load_script
 from otsafe.envs import gridmap
 from otsafe.envs.gridmap import (
     ACTION_DELTAS,
@@ -41,18 +40,7 @@ RIGHT, DOWN = 2, 1
 @pytest.fixture(scope="module")
 def make_large_maps() -> ModuleType:
     """``scripts/make_large_maps.py``, the generator of both maps, imported as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "make_large_maps", ROOT / "scripts" / "make_large_maps.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return load_script("make_large_maps")
 
 
 def shortest_path_length(grid: GridMap) -> int:
