@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from otsafe.errors import OtsafeError
 from otsafe.experiments.config import resolve_config
 from otsafe.experiments.dsrl_config import DSRLConfig
 from otsafe.experiments.dsrl_runner import make_agent, make_env, nominal, worst_direction_hook
@@ -249,8 +250,12 @@ def main() -> None:
     parser.add_argument("--figure", help="plot clearance and violation rate against δ/ρ here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = resolve_config(args.preset, sets=args.set)
-    assert isinstance(cfg, DSRLConfig)
+    try:
+        cfg = resolve_config(args.preset, sets=args.set)
+    except OtsafeError as exc:  # unknown preset, bad override: one line, exit 2
+        parser.error(str(exc))
+    if not isinstance(cfg, DSRLConfig):
+        parser.error(f"{args.preset} is not a DSRL preset (dsrl-dubins, dsrl-quadrotor, ...)")
     default = (2.0, 0.0) if cfg.env.id == "dubins" else (1.0, 1.5)
     gains = (args.gains[0], args.gains[1]) if args.gains else default
     if args.load:  # the table and figure of a saved study

@@ -110,3 +110,23 @@ def test_study_saves_per_seed_values_that_load_again(
     again = capsys.readouterr().out
     assert again.strip() in first  # the same table, from the saved values
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("preset", "message"),
+    [("nope", "unknown preset"), ("otq-quick", "not a DSRL preset")],
+)
+def test_bad_preset_is_one_line_and_exit_2(
+    script: ModuleType,
+    preset: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["filter_robustness.py", "--preset", preset])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert message in err.strip().splitlines()[-1]
