@@ -45,7 +45,13 @@ import torch
 from otsafe.errors import OtsafeError
 from otsafe.experiments.config import resolve_config
 from otsafe.experiments.dsrl_config import DSRLConfig
-from otsafe.experiments.dsrl_runner import make_agent, make_env, nominal, worst_direction_hook
+from otsafe.experiments.dsrl_runner import (
+    make_agent,
+    make_env,
+    nominal,
+    run_episode,
+    worst_direction_hook,
+)
 from otsafe.experiments.stats import mean_ci
 
 
@@ -89,22 +95,17 @@ FLOORS = {"violation_rate": 0.0, "violation_steps": 0.0, "slack_steps": 0.0}
 def episode(
     env: Any, agent: ReferenceAgent, hook: Any, seed: int
 ) -> tuple[float, float, float, float, float]:
-    """One episode's :data:`METRICS`: violation (0/1), minimum clearance, steps with h < 0,
-    steps where the QP was infeasible (the elastic fallback's slack), and the return."""
-    obs, _ = env.reset(seed=seed)
-    base = env.unwrapped
-    min_h, bad, slack, total, done = math.inf, 0, 0, 0.0, False
-    while not done:
-        state = np.asarray(base.safety_state(), dtype=np.float64)
-        action, out = agent.act(obs, state)
-        slack += int(float(out.slack[0]) > 1e-9)
-        hook(base, state, action)
-        obs, reward, terminated, truncated, info = env.step(action.astype(np.float32))
-        min_h = min(min_h, float(info["min_barrier"]))
-        bad += int(bool(info["violation"]))
-        total += float(reward)
-        done = bool(terminated or truncated)
-    return float(bad > 0), min_h, float(bad), float(slack), total
+    """One episode's :data:`METRICS` (:func:`~otsafe.experiments.dsrl_runner.run_episode`):
+    violation (0/1), minimum clearance, steps with h < 0, steps where the QP was infeasible (the
+    elastic fallback's slack), and the return."""
+    m = run_episode(env, agent, seed, train=False, disturbance_hook=hook)
+    return (
+        float(m["violation"]),
+        float(m["min_barrier"]),
+        float(m["violation_steps"]),
+        float(m["slack_activations"]),
+        float(m["return"]),
+    )
 
 
 def fmt(values: Sequence[float], floor: float = -math.inf) -> str:
@@ -145,12 +146,11 @@ def steady_clearance(
     return c + math.sqrt(c * c + radius * radius) - radius
 
 
-def rest_clearances(method: str, ratio: float, cfg: DSRLConfig) -> list[float]:
-    """:func:`steady_clearance` for every barrier of the config's environment."""
-    return [
-        steady_clearance(method, ratio, cfg, float(b.radius), b.form)
-        for b in make_env(cfg).unwrapped.barriers()
-    ]
+def rest_clearances(
+    method: str, ratio: float, cfg: DSRLConfig, barriers: Sequence[Any]
+) -> list[float]:
+    """:func:`steady_clearance` for each of ``barriers`` (the environment's, made once)."""
+    return [steady_clearance(method, ratio, cfg, float(b.radius), b.form) for b in barriers]
 
 
 def study(
@@ -158,15 +158,15 @@ def study(
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """method -> δ/ρ -> metric -> one value per seed (the mean over its episodes)."""
     rho = cfg.safety.radius
+    env = make_env(cfg)  # the hook sets its disturbance at every step; reset seeds each episode
+    p0 = nominal(cfg).with_dim(env.unwrapped.control_affine_model.disturbance_dim)
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     for method in ("ddpg-cbf", "dsrl"):
         out[method] = {}
         for ratio in deltas:
             cell: dict[str, list[float]] = {m: [] for m in METRICS}
             for seed in range(seeds):
-                env = make_env(cfg)
                 ref = ReferenceAgent(make_agent(cfg, env, method, seed), env, gains)
-                p0 = nominal(cfg).with_dim(env.unwrapped.control_affine_model.disturbance_dim)
                 hook = worst_direction_hook(ref, ratio * rho, p0)
                 runs = [episode(env, ref, hook, 1000 * seed + k) for k in range(episodes)]
                 for k, metric in enumerate(METRICS):
@@ -176,7 +176,9 @@ def study(
     return out
 
 
-def table(results: dict[str, dict[str, dict[str, list[float]]]], cfg: DSRLConfig) -> str:
+def table(
+    results: dict[str, dict[str, dict[str, list[float]]]], cfg: DSRLConfig, barriers: Sequence[Any]
+) -> str:
     """The Markdown table of :func:`study`'s results."""
     lines = [
         "| filter | δ/ρ | violation rate | min clearance | steps with h < 0 | infeasible QP steps "
@@ -186,7 +188,7 @@ def table(results: dict[str, dict[str, dict[str, list[float]]]], cfg: DSRLConfig
     for method, cells in results.items():
         for ratio, cell in cells.items():
             values = " | ".join(fmt(cell[m], FLOORS.get(m, -math.inf)) for m in METRICS)
-            rest = rest_clearances(method, float(ratio), cfg)
+            rest = rest_clearances(method, float(ratio), cfg, barriers)
             theory = f"{min(rest):.2f}" + (
                 f" to {max(rest):.2f}" if max(rest) - min(rest) >= 0.005 else ""
             )
@@ -195,7 +197,11 @@ def table(results: dict[str, dict[str, dict[str, list[float]]]], cfg: DSRLConfig
 
 
 def figure(
-    results: dict[str, dict[str, dict[str, list[float]]]], cfg: DSRLConfig, title: str, path: str
+    results: dict[str, dict[str, dict[str, list[float]]]],
+    cfg: DSRLConfig,
+    barriers: Sequence[Any],
+    title: str,
+    path: str,
 ) -> None:
     """Minimum clearance and violation rate against δ/ρ, with CIs and the steady-state line."""
     from matplotlib.figure import Figure
@@ -215,7 +221,8 @@ def figure(
             colour = COLOURS.get(method)
             ax.plot(ratios, mean, "o-", color=colour, label=f"{method} filter")
             ax.fill_between(ratios, low, high, color=colour, alpha=0.2)
-        theory = [min(rest_clearances(method, r, cfg)) for r in ratios]  # the largest radius
+        # the largest radius
+        theory = [min(rest_clearances(method, r, cfg, barriers)) for r in ratios]
         axes[0].plot(
             ratios,
             theory,
@@ -268,12 +275,13 @@ def main() -> None:
             f"# The filters alone: {args.preset}, reference gains {gains}, ρ = {cfg.safety.radius}"
         )
         print(f"\n{args.seeds} seeds x {args.episodes} episodes per cell; overrides: {args.set}\n")
-    print(table(results, cfg))
+    barriers = make_env(cfg).unwrapped.barriers()
+    print(table(results, cfg, barriers))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.figure:
         title = f"{args.preset}: the filters alone, reference controller, ρ = {cfg.safety.radius}"
-        figure(results, cfg, title, args.figure)
+        figure(results, cfg, barriers, title, args.figure)
 
 
 if __name__ == "__main__":
