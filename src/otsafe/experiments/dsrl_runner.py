@@ -192,7 +192,7 @@ def run_episode(
         min_barrier = min(min_barrier, float(info.get("min_barrier", math.inf)))
         interventions += int(bool(out.changed[0].item()))
         slack_activations += int(float(out.slack[0].item()) > 1e-9)
-        success = success or bool(info.get("success", False))
+        success = success or bool(info["goal_reached"])
         if train:
             agent.observe(
                 obs=obs,
