@@ -1,0 +1,50 @@
+"""The built-in DSRL presets resolve and build their environments; the gate's geometry is as
+its YAML says."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from otsafe.experiments.config import list_presets, resolve_config
+from otsafe.experiments.dsrl_config import DSRLConfig
+from otsafe.experiments.dsrl_runner import make_env
+
+DSRL_PRESETS = sorted(name for name in list_presets() if name.startswith("dsrl-"))
+
+
+def test_the_dsrl_presets_are_found() -> None:
+    assert {"dsrl-dubins", "dsrl-quadrotor", "dsrl-quadrotor-gate"} <= set(DSRL_PRESETS)
+
+
+@pytest.mark.parametrize("name", DSRL_PRESETS)
+def test_every_dsrl_preset_resolves_and_builds(name: str) -> None:
+    config = resolve_config(name)
+    assert isinstance(config, DSRLConfig)
+    assert config.preset == name
+    assert config.experiment.name == name
+    assert config.experiment.description == list_presets()[name]
+    env = make_env(config)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert info["min_barrier"] > 0
+
+
+def test_gate_has_one_hole_on_the_straight_line() -> None:
+    env = make_env(resolve_config("dsrl-quadrotor-gate")).unwrapped
+    centers, radii = env.obstacle_centers, env.obstacle_radii
+    start, goal = env.start_state[:3], env.goal
+    # Distance of every point of the segment start -> goal to each sphere's surface.
+    t = np.linspace(0.0, 1.0, 2001)[:, None]
+    line = start + t * (goal - start)
+    clearance = np.linalg.norm(line[:, None, :] - centers[None], axis=2) - radii
+    assert clearance.min() == pytest.approx(1.3 - 0.93, abs=1e-9)  # 0.37 m, at the hole
+    assert np.allclose(clearance.min(axis=0), 0.37)  # from all four spheres alike
+    # Neighbouring spheres overlap, so the hole is the only way through the gate's plane near
+    # the line; opposite ones do not touch it.
+    for i, j in itertools.combinations(range(len(radii)), 2):
+        gap = np.linalg.norm(centers[i] - centers[j]) - radii[i] - radii[j]
+        opposite = np.isclose(np.linalg.norm(centers[i] - centers[j]), 2.6)
+        assert (gap > 0) if opposite else (gap < 0), (i, j, gap)
