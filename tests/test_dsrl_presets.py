@@ -48,3 +48,21 @@ def test_gate_has_one_hole_on_the_straight_line() -> None:
         gap = np.linalg.norm(centers[i] - centers[j]) - radii[i] - radii[j]
         opposite = np.isclose(np.linalg.norm(centers[i] - centers[j]), 2.6)
         assert (gap > 0) if opposite else (gap < 0), (i, j, gap)
+
+
+def test_trajectory_figure_cuts_the_spheres_at_the_start_altitude() -> None:
+    from otsafe.experiments.dsrl_plots import _obstacle_patches
+
+    gate = make_env(resolve_config("dsrl-quadrotor-gate")).unwrapped
+    patches = _obstacle_patches(gate)
+    outlines = [p for p in patches if not p.get_fill()]
+    sections = [p for p in patches if p.get_fill()]
+    assert len(outlines) == 4  # every sphere's projection
+    # The side spheres lie at the start's altitude (full radius); the ones above and below it
+    # (1.3 m > 0.93 m away) do not cut that plane, so the hole on the line shows.
+    assert sorted(p.center[1] for p in sections) == [-1.3, 1.3]
+    assert all(p.radius == pytest.approx(0.93) for p in sections)
+    car = make_env(resolve_config("dsrl-dubins")).unwrapped
+    discs = _obstacle_patches(car)
+    assert len(discs) == len(car.obstacle_radii)
+    assert all(p.get_fill() for p in discs)

@@ -88,19 +88,33 @@ def _violation_vs_shift(config: DSRLConfig, results: Sequence[DSRLResult], path:
     fig.savefig(path, dpi=120)
 
 
+def _obstacle_patches(base: Any) -> list[Circle]:
+    """Top-view patches of the obstacles: the car's discs; for spheres (3-D positions), each
+    sphere's section at the start's altitude, filled, and the outline of its projection, so that
+    a hole between spheres above and below the start stays visible."""
+    centers = np.asarray(getattr(base, "obstacle_centers", np.zeros((0, 2))), dtype=float)
+    radii = np.asarray(getattr(base, "obstacle_radii", np.zeros(0)), dtype=float)
+    patches = []
+    for c, r in zip(centers, radii, strict=True):
+        xy = (float(c[0]), float(c[1]))
+        if c.size < 3:
+            patches.append(Circle(xy, float(r), color="#444444", alpha=0.5))
+            continue
+        patches.append(Circle(xy, float(r), fill=False, ec="#444444", lw=0.8, ls="--"))
+        dz = float(c[2] - base.start_state[2])
+        if abs(dz) < r:
+            patches.append(Circle(xy, float(np.sqrt(r * r - dz * dz)), color="#444444", alpha=0.5))
+    return patches
+
+
 def _trajectories(results: Sequence[DSRLResult], env: Any, path: Path) -> None:
     base = env.unwrapped
-    obstacles = list(getattr(base, "obstacles", []))
     methods = _by_method(results)
     fig = Figure(figsize=(6.0, 2.6 * len(methods)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(methods), 1, sharex=True))
     for ax, (method, runs) in zip(axes, methods.items(), strict=True):
-        for center, radius in obstacles:
-            ax.add_patch(
-                Circle(
-                    (float(center[0]), float(center[1])), float(radius), color="#444444", alpha=0.5
-                )
-            )
+        for patch in _obstacle_patches(base):
+            ax.add_patch(patch)
         for label, traj in sorted(runs[0].trajectories.items()):
             arr = np.asarray(traj)
             if arr.size:
@@ -112,7 +126,10 @@ def _trajectories(results: Sequence[DSRLResult], env: Any, path: Path) -> None:
         ax.set_title(f"{method}, seed {runs[0].job.seed}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, title="direction:shift", title_fontsize=6)
-    fig.suptitle("evaluation trajectories (first episode) over the obstacles", fontsize=10)
+    title = "evaluation trajectories (first episode) over the obstacles"
+    if getattr(base, "pos_dim", 2) == 3:
+        title += "\n(top view; spheres: section at the start's altitude, dashed: projection)"
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=120)
 
 
