@@ -51,3 +51,19 @@ def test_no_success_without_reaching_the_goal(gain: float) -> None:
     m = run_episode(env, _PD(short_of_goal, gain), seed=0, train=False)
     assert m["success"] == 0.0
     assert m["length"] == env.max_steps
+
+
+def test_violations_and_min_barrier_match_the_recorded_path() -> None:
+    center, radius = np.array([4.0, 0.0, 1.0]), 0.5
+    env = Quadrotor(
+        obstacles=[(center.tolist(), radius)],
+        max_steps=150,
+        disturbance={"type": "gaussian", "std": 0.0},
+    )
+    m = run_episode(env, _PD(env.goal), seed=0, train=False, record=True)
+    positions = np.asarray(m["path"])[1:, :3]  # the states after each step
+    clearance = np.linalg.norm(positions - center, axis=1) - radius
+    assert m["violation"] == 1.0  # the unfiltered PD flies straight through the sphere
+    assert m["violation_steps"] == int(np.sum(clearance < 0))
+    assert m["min_barrier"] == pytest.approx(clearance.min(), abs=1e-12)
+    assert m["interventions"] == 0

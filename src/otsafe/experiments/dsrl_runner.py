@@ -188,8 +188,8 @@ def run_episode(
         next_state = np.asarray(base.safety_state(), dtype=np.float64)
         total += float(reward)
         length += 1
-        violation_steps += int(bool(info.get("violation", False)))
-        min_barrier = min(min_barrier, float(info.get("min_barrier", math.inf)))
+        violation_steps += int(bool(info["violation"]))
+        min_barrier = min(min_barrier, float(info["min_barrier"]))
         interventions += int(bool(out.changed[0].item()))
         slack_activations += int(float(out.slack[0].item()) > 1e-9)
         success = success or bool(info["goal_reached"])
