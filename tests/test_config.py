@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from otsafe.errors import ConfigError, OtsafeError
@@ -17,6 +18,7 @@ from otsafe.experiments.config import (
     resolve_config,
     validate_config,
 )
+from otsafe.experiments.dsrl_config import DSRLConfig
 
 PRESETS = (
     "otq-paper",
@@ -42,10 +44,15 @@ def test_list_presets_have_descriptions() -> None:
         assert presets[name].strip(), f"preset {name} has no description"
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", sorted(list_presets()))
 def test_every_preset_resolves(name: str) -> None:
-    config = resolve_config(name)
-    assert isinstance(config, OTQConfig)
+    if load_preset(name)["experiment"].get("device") == "cuda" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA was requested but no GPU is available"):
+            resolve_config(name)  # otq-city1000 here: a clear error, not a silent CPU run
+        config = resolve_config(name, sets=["experiment.device=cpu"])
+    else:
+        config = resolve_config(name)
+    assert isinstance(config, DSRLConfig if name.startswith("dsrl-") else OTQConfig)
     assert config.preset == name
     assert config.experiment.name == name
     assert config.experiment.description == list_presets()[name]
