@@ -166,6 +166,7 @@ def test_report_over_several_inputs_of_both_kinds(
         assert table_row(md, metric, "dsrl")[2] == "1"
     assert table_row(md, "worst-case violation rate ↓", "ddpg-cbf")
     assert table_row(md, "dsrl", "ddpg-cbf", "worst-case violation rate ↓")
+    assert table_row(md, "dsrl", "ddpg-cbf", "success rate ↑")  # compared since success is right
     # runs table and configs: the second OT-Q run differs from the first in its seeds only
     assert table_row(md, str(otq_more_run), "OT-Q", "paper", "–", "q-learning, ot-q", "2–3")
     assert table_row(md, str(dsrl_run), "DSRL", "dubins")

@@ -160,7 +160,7 @@ METRICS: dict[str, tuple[_Metric, ...]] = {
         _Metric("nominal_violation", "nominal violation rate", False, True),
         _Metric("worst_violation_rho", "violation rate, worst shift δ = ρ", False, True),
         _Metric("worst_violation", "worst-case violation rate", False, True),
-        _Metric("success", "success rate", True, False),
+        _Metric("success", "success rate", True, True),
     ),
 }
 METRIC_NOTES = {
