@@ -11,11 +11,16 @@ otsafe's reference backend.
 A last row times the same DDPG with no safety layer at all (``ddpg``): its ratio to the
 cvxpylayers row is the ceiling of any speed-up a faster QP could bring.
 
+``--preset dsrl-quadrotor`` (or ``dsrl-quadrotor-gate``) runs the same on the quadrotor, with one
+more row: the native pipeline with the HOCBF's Jacobian products :math:`J_f^\top\nabla h`,
+:math:`J_D^\top\nabla h` taken by autograd (the model's closed-form ``f_vjp``/``D_vjp`` hidden),
+as the rows were computed before they had a closed form.
+
 ``--split`` then times the native step's parts (the CBF rows, the QP solves, the worst-case
 ascents; the rest is networks, optimiser, replay and environment) with timers wrapped around the
 agent module's calls, in a separate pass so that the timers do not touch the throughput rows.
 
-Usage: ``python benchmarks/bench_dsrl.py [--steps 200] [--tight] [--split]``.
+Usage: ``python benchmarks/bench_dsrl.py [--preset dsrl-dubins] [--steps 200] [--tight] [--split]``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,27 @@ from otsafe.experiments.dsrl_config import DSRLConfig
 from otsafe.experiments.dsrl_runner import make_agent, make_env
 from otsafe.safety import qp as qp_module
 
+PRESETS = ("dsrl-dubins", "dsrl-quadrotor", "dsrl-quadrotor-gate")
+
+
+class AutogradJacobians:
+    """A control-affine model without ``f_vjp``/``D_vjp``: the CBF rows take them by autograd."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.state_dim = model.state_dim
+        self.control_dim = model.control_dim
+        self.disturbance_dim = model.disturbance_dim
+
+    def f(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.f(x)  # type: ignore[no-any-return]
+
+    def g(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.g(x)  # type: ignore[no-any-return]
+
+    def D(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 - the D(x) of the dynamics
+        return self.model.D(x)  # type: ignore[no-any-return]
+
 
 def throughput(
     backend: str,
@@ -44,11 +70,13 @@ def throughput(
     warmup: int,
     method: str = "dsrl",
     around: Callable[[], AbstractContextManager[None]] = nullcontext,
+    preset: str = "dsrl-dubins",
+    autograd_jacobians: bool = False,
 ) -> float:
     """Environment steps per second of training (acting + one update per step); the timed
     steps run inside ``around()``."""
     cfg = resolve_config(
-        "dsrl-dubins",
+        preset,
         sets=[
             "safety.weight=null",  # cvxpylayers' backend takes no QP weight: same for both
             f"safety.qp_backend={backend}",
@@ -58,6 +86,8 @@ def throughput(
     )
     assert isinstance(cfg, DSRLConfig)
     env = make_env(cfg)
+    if autograd_jacobians:
+        env.unwrapped.control_affine_model = AutogradJacobians(env.unwrapped.control_affine_model)
     agent = make_agent(cfg, env, method, seed=0)
     obs, _ = env.reset(seed=0)
     base = env.unwrapped
@@ -120,15 +150,16 @@ def timed_parts(totals: dict[str, float]) -> Iterator[None]:
             setattr(owner, attr, fn)
 
 
-def step_split(steps: int, warmup: int) -> tuple[float, dict[str, float]]:
+def step_split(steps: int, warmup: int, preset: str) -> tuple[float, dict[str, float]]:
     """Milliseconds per native DSRL step, and per part of it (timers on the timed steps only)."""
     totals: dict[str, float] = defaultdict(float)
-    rate = throughput("native", steps, warmup, around=lambda: timed_parts(totals))
+    rate = throughput("native", steps, warmup, around=lambda: timed_parts(totals), preset=preset)
     return 1000 / rate, {k: 1000 * v / steps for k, v in totals.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=PRESETS, default="dsrl-dubins")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--cvx-steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=150)
@@ -136,16 +167,23 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="also time the native step's parts")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    native = throughput("native", args.steps, args.warmup)
+    preset = args.preset
+    native = throughput("native", args.steps, args.warmup, preset=preset)
     default_args = {"eps_abs": 1e-4, "eps_rel": 1e-4}  # SCS's defaults
     tight_args = dict(qp_module.CVXPYLAYERS_SOLVER_ARGS)
     # The ceiling of any speed-up: the same DDPG with no safety layer at all.
-    ceiling = throughput("native", args.steps, args.warmup, method="ddpg")
+    ceiling = throughput("native", args.steps, args.warmup, method="ddpg", preset=preset)
     rows = [("otsafe solve_qp (exact)", native)]
+    if preset != "dsrl-dubins":  # the HOCBF: the closed-form Jacobian products vs autograd
+        slow = throughput("native", args.steps, args.warmup, preset=preset, autograd_jacobians=True)
+        rows.append(("otsafe solve_qp, J_f and J_D by autograd", slow))
     qp_module.CVXPYLAYERS_SOLVER_ARGS.clear()
     qp_module.CVXPYLAYERS_SOLVER_ARGS.update(default_args)
     rows.append(
-        ("cvxpylayers, default tolerances", throughput("cvxpylayers", args.cvx_steps, args.warmup))
+        (
+            "cvxpylayers, default tolerances",
+            throughput("cvxpylayers", args.cvx_steps, args.warmup, preset=preset),
+        )
     )
     if args.tight:
         qp_module.CVXPYLAYERS_SOLVER_ARGS.clear()
@@ -153,12 +191,12 @@ def main() -> None:
         rows.append(
             (
                 "cvxpylayers, tolerances 1e-10",
-                throughput("cvxpylayers", args.cvx_steps, args.warmup),
+                throughput("cvxpylayers", args.cvx_steps, args.warmup, preset=preset),
             )
         )
     qp_module.CVXPYLAYERS_SOLVER_ARGS.clear()
     qp_module.CVXPYLAYERS_SOLVER_ARGS.update(tight_args)
-    print("# DSRL training throughput, Dubins car (dsrl-dubins agent), batch 128, 1 thread\n")
+    print(f"# DSRL training throughput, the {preset} agent, batch 128, 1 thread\n")
     print(
         f"machine: {platform.machine()}, Python {platform.python_version()}, "
         f"torch {torch.__version__}\n"
@@ -167,13 +205,13 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, value in rows:
         print(f"| {name} | {value:.2f} | {native / value:.0f}x |")
-    cvx = rows[1][1]
+    cvx = next(value for name, value in rows if name.startswith("cvxpylayers"))
     print(
         f"| *for scale:* `ddpg`, no safety layer | {ceiling:.2f} | "
         f"(the most any QP could give: {ceiling / cvx:.0f}x) |"
     )
     if args.split:
-        per_step, parts = step_split(args.steps, args.warmup)
+        per_step, parts = step_split(args.steps, args.warmup, preset)
         print(f"\n## Where a native step's {per_step:.2f} ms go (timers on)\n")
         print("| part of the step | ms per step |")
         print("|---|---:|")

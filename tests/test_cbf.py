@@ -7,6 +7,8 @@ from typing import Literal
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 from otsafe.errors import ConfigError, DistributionError, OtsafeError
@@ -18,7 +20,9 @@ from otsafe.safety import (
     DoubleIntegrator,
     FunctionBarrier,
     HalfSpaceBarrier,
+    ModelJacobians,
     SingleIntegrator,
+    SphereBarrier,
     box_barriers,
     cbf_margin,
     cbf_rows,
@@ -402,6 +406,93 @@ def test_double_integrator_hocbf_closed_form(gen: torch.Generator) -> None:
     torch.testing.assert_close(G[:, 0], -2 * d)
     hand = 2 * v.square().sum(-1) + 2 * d @ atoms.mean(0) + a1 * hdot + a2 * (hdot + a1 * hv)
     torch.testing.assert_close(h[:, 0], hand)
+
+
+# ------------------------------------------------------- closed-form Jacobian products
+class _Autograd:
+    """The same dynamics without ``f_vjp``/``D_vjp``: cbf_rows takes J_f, J_D by autograd."""
+
+    def __init__(self, model: SingleIntegrator | DoubleIntegrator) -> None:
+        self.model = model
+        self.state_dim = model.state_dim
+        self.control_dim = model.control_dim
+        self.disturbance_dim = model.disturbance_dim
+
+    def f(self, x: Tensor) -> Tensor:
+        return self.model.f(x)
+
+    def g(self, x: Tensor) -> Tensor:
+        return self.model.g(x)
+
+    def D(self, x: Tensor) -> Tensor:  # noqa: N802
+        return self.model.D(x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from(["single", "double"]),
+    dim=st.integers(1, 3),
+    batch=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_reference_models_jacobian_products_are_the_autograd_ones(
+    kind: str, dim: int, batch: int, seed: int
+) -> None:
+    model = SingleIntegrator(dim) if kind == "single" else DoubleIntegrator(dim)
+    assert isinstance(model, ModelJacobians)
+    assert not isinstance(_Autograd(model), ModelJacobians)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, model.state_dim, generator=gen, dtype=F64)
+    v = torch.randn(batch, model.state_dim, generator=gen, dtype=F64)
+    _, jf = torch.autograd.functional.vjp(model.f, x, v)
+    torch.testing.assert_close(model.f_vjp(x, v), jf, rtol=0, atol=0)
+    jd = model.D_vjp(x, v)
+    assert jd.shape == (batch, model.disturbance_dim, model.state_dim)
+    for k in range(model.disturbance_dim):
+        _, ref = torch.autograd.functional.vjp(lambda y, k=k: model.D(y)[:, :, k], x, v)
+        torch.testing.assert_close(jd[:, k], ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "none"])
+def test_closed_form_products_give_the_autograd_rows_bit_for_bit(
+    reduce: Literal["mean", "none"], gen: torch.Generator
+) -> None:
+    """The quadrotor's case: the closed form changes the cost, not one bit of the rows."""
+    model = DoubleIntegrator(3)
+    barriers = [
+        SphereBarrier(c, r, position=model.position_indices)
+        for c, r in (([1.0, 0.5, 0.2], 0.6), ([-0.4, 1.2, -0.3], 0.9))
+    ]
+    x = torch.randn(17, 6, generator=gen, dtype=F64)
+    atoms = 0.3 * torch.randn(17, 8, 3, generator=gen, dtype=F64)
+    kw = {"alpha": 0.8, "alpha2": 1.3, "relative_degree": 2, "reduce": reduce}
+    Ga, ha = cbf_rows(model, barriers, x, atoms, **kw)  # type: ignore[arg-type]
+    Gb, hb = cbf_rows(_Autograd(model), barriers, x, atoms, **kw)  # type: ignore[arg-type]
+    assert torch.equal(Ga, Gb)
+    assert torch.equal(ha, hb)
+    # with a graph (x and the atoms require grad) the gradients agree as well
+    xg, wg = x[:4].clone().requires_grad_(), atoms[:4].clone().requires_grad_()
+    grads = []
+    for m in (model, _Autograd(model)):
+        G, h = cbf_rows(m, barriers, xg, wg, **kw)  # type: ignore[arg-type]
+        grads.append(torch.autograd.grad((G.square().sum() + h.square().sum()), (xg, wg)))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda y, w: cbf_rows(model, barriers, y, w, **kw),  # type: ignore[arg-type]
+        (xg[:2].detach().requires_grad_(), wg[:2].detach().requires_grad_()),
+    )
+
+
+def test_jacobian_products_of_the_wrong_shape_are_named() -> None:
+    class Bad(DoubleIntegrator):
+        def D_vjp(self, x: Tensor, v: Tensor) -> Tensor:  # noqa: N802
+            return torch.zeros_like(x)
+
+    model = Bad(2)
+    barrier = CircleBarrier([0.0, 0.0], 1.0, position=model.position_indices)
+    with pytest.raises(ConfigError, match=r"model\.D_vjp\(x, v\) must have shape \(1, 2, 4\)"):
+        cbf_rows(model, barrier, torch.ones(1, 4, dtype=F64), relative_degree=2)
 
 
 def test_cbf_margin(gen: torch.Generator) -> None:

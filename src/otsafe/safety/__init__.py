@@ -17,7 +17,12 @@ from otsafe.safety.barriers import (
 )
 from otsafe.safety.cbf import cbf_margin, cbf_rows
 from otsafe.safety.filter import FilterInfo, SafetyAwareEnv, SafetyFilter, SafetyFilterWrapper
-from otsafe.safety.models import ControlAffineModel, DoubleIntegrator, SingleIntegrator
+from otsafe.safety.models import (
+    ControlAffineModel,
+    DoubleIntegrator,
+    ModelJacobians,
+    SingleIntegrator,
+)
 from otsafe.safety.qp import QPError, QPInfo, QPStatus, solve_qp
 
 __all__ = [
@@ -29,6 +34,7 @@ __all__ = [
     "FilterInfo",
     "FunctionBarrier",
     "HalfSpaceBarrier",
+    "ModelJacobians",
     "QPError",
     "QPInfo",
     "QPStatus",

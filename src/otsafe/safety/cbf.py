@@ -40,8 +40,9 @@ The dynamics are a :class:`~otsafe.safety.models.ControlAffineModel`
 Both conditions are affine in :math:`u`; the relative-degree-1 row is also affine in
 :math:`\omega`. The gradient and Hessian of :math:`h` are analytic when the barrier provides
 them; the Jacobian products :math:`J_f^\top \nabla h` and :math:`J_{D\omega}^\top \nabla h` of the
-model always come from autograd (vector-Jacobian products, one for :math:`f` and one per column
-of :math:`D`).
+model are closed-form when the model is a :class:`~otsafe.safety.models.ModelJacobians` (the
+reference models are) and come from autograd otherwise (vector-Jacobian products, one for
+:math:`f` and one per column of :math:`D`).
 
 **Unicycle and look-ahead points.** For a unicycle :math:`(x, y, \theta)` with controls (speed,
 turn rate), a barrier on the position :math:`(x, y)` has :math:`L_g h = (\nabla_p h^\top
@@ -61,7 +62,7 @@ atoms and any barrier parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 import torch
 from torch import Tensor
@@ -69,7 +70,7 @@ from torch import Tensor
 from otsafe.errors import ConfigError, DistributionError
 from otsafe.safety._autograd import _leaf, _vjp
 from otsafe.safety.barriers import Barrier, _PositionBarrier, _tracks_grad
-from otsafe.safety.models import ControlAffineModel, _check_model
+from otsafe.safety.models import ControlAffineModel, ModelJacobians, _check_model
 
 __all__ = ["cbf_margin", "cbf_rows"]
 
@@ -265,11 +266,13 @@ def _cbf_rows(
     keep = torch.is_grad_enabled() and (
         x.requires_grad or w.requires_grad or any(_tracks_grad(o) for o in (model, *barriers))
     )
-    # The HOCBF needs a graph for J_f and J_D; first-order rows need one only to be returned
-    # (a barrier whose gradient comes from autograd records its own).
-    need_graph = keep or relative_degree == 2
+    # The HOCBF needs a graph for J_f and J_D unless the model gives them in closed form;
+    # otherwise rows need one only to be returned (a barrier whose gradient comes from autograd
+    # records its own).
+    analytic = relative_degree == 2 and isinstance(model, ModelJacobians)
+    need_graph = keep or (relative_degree == 2 and not analytic)
     with torch.enable_grad() if need_graph else torch.no_grad():
-        G, h = _rows(model, barriers, x, w, a1.to(x), a2.to(x), relative_degree, mean)
+        G, h = _rows(model, barriers, x, w, a1.to(x), a2.to(x), relative_degree, mean, analytic)
     if not keep:
         G, h = G.detach(), h.detach()
     return G, h
@@ -284,6 +287,7 @@ def _rows(
     a2: Tensor,
     relative_degree: int,
     mean: bool,
+    analytic: bool = False,
 ) -> tuple[Tensor, Tensor]:
     r"""Rows averaged over atoms, (B, J, n_u) and (B, J), or per atom, (B, N, J, n_u), (B, N, J).
 
@@ -294,6 +298,8 @@ def _rows(
     :math:`\nabla\psi_{1,i} = \overline{\nabla\psi_1} + K\delta_i` with
     :math:`K = \nabla^2 h\, D + J_{D}^\top` and :math:`F_i = \bar F + D\delta_i`, its mean is
     :math:`\overline{\nabla\psi_1}^\top \bar F + \langle K^\top D, \Sigma\rangle`.
+    ``analytic``: the model is a :class:`~otsafe.safety.models.ModelJacobians` (checked once by
+    the caller; the protocol check is slow).
     """
     xx = _leaf(x) if torch.is_grad_enabled() else x
     f, g, d = _model_terms(model, xx)
@@ -320,8 +326,7 @@ def _rows(
             continue
         _check_relative_degree(lg, gh, g, j)
         hess = terms[2]
-        jf = _vjp(f, xx, gh)  # J_f' grad h, (B, nx)
-        jd = torch.stack([_vjp(d[:, :, k], xx, gh) for k in range(d.shape[2])], dim=1)  # (B,nw,nx)
+        jf, jd = _jacobian_products(model, f, d, xx, gh, analytic)  # J_f' grad h, J_D' grad h
         psi1 = lf + a1[j] * hv_
         if mean:
             grad_psi = (
@@ -344,6 +349,23 @@ def _rows(
         h_rows.append(rhs)
     dim = 1 if mean else 2
     return torch.stack(g_rows, dim=dim), torch.stack(h_rows, dim=dim)
+
+
+def _jacobian_products(
+    model: ControlAffineModel, f: Tensor, d: Tensor, x: Tensor, gh: Tensor, analytic: bool
+) -> tuple[Tensor, Tensor]:
+    r""":math:`J_f^\top \nabla h` (B, n_x), every :math:`J_{D_{:k}}^\top \nabla h` (B, n_w, n_x)."""
+    if not analytic:
+        jf = _vjp(f, x, gh)
+        jd = torch.stack([_vjp(d[:, :, k], x, gh) for k in range(d.shape[2])], dim=1)
+        return jf, jd
+    jf, jd = cast(ModelJacobians, model).f_vjp(x, gh), cast(ModelJacobians, model).D_vjp(x, gh)
+    batch, nx, nw = x.shape[0], x.shape[1], d.shape[2]
+    for name, t, shape in (("f_vjp", jf, (batch, nx)), ("D_vjp", jd, (batch, nw, nx))):
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ConfigError(f"model.{name}(x, v) must have shape {shape}, got {got}")
+    return jf, jd
 
 
 def _check_relative_degree(lg: Tensor, gh: Tensor, g: Tensor, j: int) -> None:

@@ -7,6 +7,11 @@ with state :math:`x \in \mathbb R^{n_x}`, control :math:`u \in \mathbb R^{n_u}` 
 ``g``, ``D`` and the attributes ``state_dim``, ``control_dim``, ``disturbance_dim`` is a
 :class:`ControlAffineModel`; :class:`SingleIntegrator` and :class:`DoubleIntegrator` are the
 reference models used by the tests and examples.
+
+A model may also provide the vector-Jacobian products that the HOCBF rows need, ``f_vjp`` and
+``D_vjp`` (:class:`ModelJacobians`); the reference models do, in closed form. Without them the
+rows take the products by autograd, which records a graph for every call and costs one backward
+pass per barrier: for the quadrotor's rows that was most of their time.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import Tensor
 
 from otsafe.errors import ConfigError
 
-__all__ = ["ControlAffineModel", "DoubleIntegrator", "SingleIntegrator"]
+__all__ = ["ControlAffineModel", "DoubleIntegrator", "ModelJacobians", "SingleIntegrator"]
 
 
 # ------------------------------------------------------------------------------------ models
@@ -35,7 +40,8 @@ class ControlAffineModel(Protocol):
     -----
     Every method maps a batch of states ``x`` of shape ``(B, n_x)`` to tensors on the device and
     in the dtype of ``x``, row ``b`` depending on ``x[b]`` only, differentiably (the HOCBF rows
-    need :math:`J_f` and :math:`J_D` by autograd).
+    need :math:`J_f` and :math:`J_D`: by autograd, unless the model is also a
+    :class:`ModelJacobians`).
     """
 
     state_dim: int
@@ -52,6 +58,25 @@ class ControlAffineModel(Protocol):
 
     def D(self, x: Tensor) -> Tensor:  # noqa: N802 - the D(x) of the dynamics
         """Uncertainty matrix :math:`D(x)`, shape ``(B, n_x, n_w)``."""
+        ...
+
+
+@runtime_checkable
+class ModelJacobians(Protocol):
+    r"""Optional closed-form Jacobian products of a :class:`ControlAffineModel`.
+
+    A model that has both methods gives the HOCBF rows of :func:`otsafe.safety.cbf.cbf_rows`
+    :math:`J_f^\top \nabla h` and :math:`J_{D_{:k}}^\top \nabla h` without autograd. They must
+    equal the autograd products of ``f`` and ``D`` (tested for the reference models) and be
+    differentiable in ``x`` and ``v``.
+    """
+
+    def f_vjp(self, x: Tensor, v: Tensor) -> Tensor:
+        r""":math:`J_f(x)^\top v` row by row: ``x`` and ``v`` of shape ``(B, n_x)``, result too."""
+        ...
+
+    def D_vjp(self, x: Tensor, v: Tensor) -> Tensor:  # noqa: N802 - the D(x) of the dynamics
+        r""":math:`J_{D_{:k}}(x)^\top v` for every column :math:`k`, shape ``(B, n_w, n_x)``."""
         ...
 
 
@@ -95,6 +120,14 @@ class SingleIntegrator:
         """:math:`D(x) = I`."""
         return _eye(self.dim, x)
 
+    def f_vjp(self, x: Tensor, v: Tensor) -> Tensor:
+        r""":math:`J_f^\top v = 0`."""
+        return torch.zeros_like(x)
+
+    def D_vjp(self, x: Tensor, v: Tensor) -> Tensor:  # noqa: N802 - the D(x) of the dynamics
+        r""":math:`J_{D_{:k}}^\top v = 0` (constant :math:`D`), shape ``(B, n_w, n_x)``."""
+        return x.new_zeros(x.shape[0], self.disturbance_dim, self.state_dim)
+
     def step(self, x: Tensor, u: Tensor, dt: float, w: Tensor | None = None) -> Tensor:
         r"""Exact step with u and :math:`\omega` held for ``dt``: :math:`x + dt(u + \omega)`."""
         return x + dt * (u if w is None else u + w)
@@ -136,6 +169,14 @@ class DoubleIntegrator:
     def D(self, x: Tensor) -> Tensor:  # noqa: N802 - the D(x) of the dynamics
         """:math:`D(x) = (0, I)^\\top`."""
         return self.g(x)
+
+    def f_vjp(self, x: Tensor, v: Tensor) -> Tensor:
+        r""":math:`J_f^\top v = (0, v_p)`: :math:`f = (v, 0)` moves the position part of ``v``."""
+        return torch.cat([torch.zeros_like(v[:, : self.dim]), v[:, : self.dim]], dim=1)
+
+    def D_vjp(self, x: Tensor, v: Tensor) -> Tensor:  # noqa: N802 - the D(x) of the dynamics
+        r""":math:`J_{D_{:k}}^\top v = 0` (constant :math:`D`), shape ``(B, n_w, n_x)``."""
+        return x.new_zeros(x.shape[0], self.disturbance_dim, self.state_dim)
 
     def step(self, x: Tensor, u: Tensor, dt: float, w: Tensor | None = None) -> Tensor:
         r"""Exact step with :math:`a = u + \omega` held for ``dt`` (zero-order hold).
