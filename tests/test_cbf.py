@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -28,6 +30,9 @@ from otsafe.safety import (
     cbf_rows,
 )
 from otsafe.safety._autograd import autograd_grad, autograd_hessian
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_dsrl import AutogradJacobians  # the benchmark's "by autograd" row, tested here
 
 F64 = torch.float64
 
@@ -409,25 +414,6 @@ def test_double_integrator_hocbf_closed_form(gen: torch.Generator) -> None:
 
 
 # ------------------------------------------------------- closed-form Jacobian products
-class _Autograd:
-    """The same dynamics without ``f_vjp``/``D_vjp``: cbf_rows takes J_f, J_D by autograd."""
-
-    def __init__(self, model: SingleIntegrator | DoubleIntegrator) -> None:
-        self.model = model
-        self.state_dim = model.state_dim
-        self.control_dim = model.control_dim
-        self.disturbance_dim = model.disturbance_dim
-
-    def f(self, x: Tensor) -> Tensor:
-        return self.model.f(x)
-
-    def g(self, x: Tensor) -> Tensor:
-        return self.model.g(x)
-
-    def D(self, x: Tensor) -> Tensor:  # noqa: N802
-        return self.model.D(x)
-
-
 @settings(max_examples=25, deadline=None)
 @given(
     kind=st.sampled_from(["single", "double"]),
@@ -440,7 +426,7 @@ def test_reference_models_jacobian_products_are_the_autograd_ones(
 ) -> None:
     model = SingleIntegrator(dim) if kind == "single" else DoubleIntegrator(dim)
     assert isinstance(model, ModelJacobians)
-    assert not isinstance(_Autograd(model), ModelJacobians)
+    assert not isinstance(AutogradJacobians(model), ModelJacobians)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, model.state_dim, generator=gen, dtype=F64)
     v = torch.randn(batch, model.state_dim, generator=gen, dtype=F64)
@@ -457,7 +443,10 @@ def test_reference_models_jacobian_products_are_the_autograd_ones(
 def test_closed_form_products_give_the_autograd_rows_bit_for_bit(
     reduce: Literal["mean", "none"], gen: torch.Generator
 ) -> None:
-    """The quadrotor's case: the closed form changes the cost, not one bit of the rows."""
+    """The quadrotor's case: the closed form changes the cost, not one bit of the rows.
+
+    ``AutogradJacobians`` hides the closed form, as in bench_dsrl.py's autograd row.
+    """
     model = DoubleIntegrator(3)
     barriers = [
         SphereBarrier(c, r, position=model.position_indices)
@@ -467,13 +456,13 @@ def test_closed_form_products_give_the_autograd_rows_bit_for_bit(
     atoms = 0.3 * torch.randn(17, 8, 3, generator=gen, dtype=F64)
     kw = {"alpha": 0.8, "alpha2": 1.3, "relative_degree": 2, "reduce": reduce}
     Ga, ha = cbf_rows(model, barriers, x, atoms, **kw)  # type: ignore[arg-type]
-    Gb, hb = cbf_rows(_Autograd(model), barriers, x, atoms, **kw)  # type: ignore[arg-type]
+    Gb, hb = cbf_rows(AutogradJacobians(model), barriers, x, atoms, **kw)  # type: ignore[arg-type]
     assert torch.equal(Ga, Gb)
     assert torch.equal(ha, hb)
     # with a graph (x and the atoms require grad) the gradients agree as well
     xg, wg = x[:4].clone().requires_grad_(), atoms[:4].clone().requires_grad_()
     grads = []
-    for m in (model, _Autograd(model)):
+    for m in (model, AutogradJacobians(model)):
         G, h = cbf_rows(m, barriers, xg, wg, **kw)  # type: ignore[arg-type]
         grads.append(torch.autograd.grad((G.square().sum() + h.square().sum()), (xg, wg)))
     for a, b in zip(*grads, strict=True):
