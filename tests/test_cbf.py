@@ -28,6 +28,7 @@ from otsafe.safety import (
     box_barriers,
     cbf_margin,
     cbf_rows,
+    check_model_jacobians,
 )
 from otsafe.safety._autograd import autograd_grad, autograd_hessian
 
@@ -471,6 +472,27 @@ def test_closed_form_products_give_the_autograd_rows_bit_for_bit(
         lambda y, w: cbf_rows(model, barriers, y, w, **kw),  # type: ignore[arg-type]
         (xg[:2].detach().requires_grad_(), wg[:2].detach().requires_grad_()),
     )
+
+
+def test_check_model_jacobians_catches_a_wrong_closed_form(gen: torch.Generator) -> None:
+    x = torch.randn(6, 6, generator=gen, dtype=F64)
+    assert check_model_jacobians(DoubleIntegrator(3), x) == 0.0
+    assert check_model_jacobians(SingleIntegrator(3), x[:, :3]) == 0.0
+
+    class Swapped(DoubleIntegrator):  # J_f' v with the halves exchanged: (v_p, 0), not (0, v_p)
+        def f_vjp(self, x: Tensor, v: Tensor) -> Tensor:
+            return torch.cat([v[:, : self.dim], torch.zeros_like(v[:, : self.dim])], dim=1)
+
+    class WrongShape(DoubleIntegrator):
+        def D_vjp(self, x: Tensor, v: Tensor) -> Tensor:  # noqa: N802
+            return torch.zeros_like(x)
+
+    with pytest.raises(ConfigError, match=r"model\.f_vjp differs from autograd"):
+        check_model_jacobians(Swapped(3), x)
+    with pytest.raises(ConfigError, match=r"model\.D_vjp has shape \(6, 6\), expected \(6, 3, 6\)"):
+        check_model_jacobians(WrongShape(3), x)
+    with pytest.raises(ConfigError, match="has no f_vjp and D_vjp"):
+        check_model_jacobians(NonlinearSecondOrder(), x[:, :4])
 
 
 def test_jacobian_products_of_the_wrong_shape_are_named() -> None:

@@ -22,6 +22,7 @@ from otsafe.safety.models import (
     DoubleIntegrator,
     ModelJacobians,
     SingleIntegrator,
+    check_model_jacobians,
 )
 from otsafe.safety.qp import QPError, QPInfo, QPStatus, solve_qp
 
@@ -47,6 +48,7 @@ __all__ = [
     "box_barriers",
     "cbf_margin",
     "cbf_rows",
+    "check_model_jacobians",
     "linear_worst_case_margin",
     "solve_qp",
     "worst_case",

@@ -193,9 +193,7 @@ def _candidate_table(n_rows: int, n_vars: int, sizes: range, device: torch.devic
 
 def _rows_of(g: Gram, idx: Tensor | slice) -> Gram:
     """The Gram quantities of the batch rows ``idx`` (a slice gives views)."""
-    return Gram(
-        g.z0[idx], g.ahinv[idx], g.p[idx], g.v[idx], g.tol[idx], g.present[idx], g.eps
-    )
+    return Gram(g.z0[idx], g.ahinv[idx], g.p[idx], g.v[idx], g.tol[idx], g.present[idx], g.eps)
 
 
 @torch.inference_mode()

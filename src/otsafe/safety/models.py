@@ -23,7 +23,13 @@ from torch import Tensor
 
 from otsafe.errors import ConfigError
 
-__all__ = ["ControlAffineModel", "DoubleIntegrator", "ModelJacobians", "SingleIntegrator"]
+__all__ = [
+    "ControlAffineModel",
+    "DoubleIntegrator",
+    "ModelJacobians",
+    "SingleIntegrator",
+    "check_model_jacobians",
+]
 
 
 # ------------------------------------------------------------------------------------ models
@@ -203,3 +209,60 @@ def _check_model(model: object) -> ControlAffineModel:
     if isinstance(nw, bool) or not isinstance(nw, int) or nw < 0:
         raise ConfigError(f"model.disturbance_dim must be a non-negative integer, got {nw!r}")
     return model
+
+
+def check_model_jacobians(model: ControlAffineModel, x: Tensor, tol: float = 1e-10) -> float:
+    r"""Check a model's closed-form ``f_vjp``/``D_vjp`` against autograd at the states ``x``.
+
+    For a model of your own that implements :class:`ModelJacobians`: a wrong closed form would
+    make every HOCBF row silently wrong, so compare it once with the autograd products
+    :math:`J_f^\top v` and :math:`J_{D_{:k}}^\top v` at random directions :math:`v`.
+
+    Parameters
+    ----------
+    model : ControlAffineModel
+        A model that is also a :class:`ModelJacobians`.
+    x : Tensor, shape (B, n_x)
+        States to check at (float64 recommended).
+    tol : float
+        Largest accepted difference, relative to ``1 + max |autograd product|``.
+
+    Returns
+    -------
+    float
+        The largest relative difference found.
+
+    Raises
+    ------
+    ConfigError
+        The model has no closed form, or it differs from autograd by more than ``tol``.
+    """
+    model = _check_model(model)
+    if not isinstance(model, ModelJacobians):
+        raise ConfigError(f"{type(model).__name__} has no f_vjp and D_vjp to check")
+    x = x.detach()
+    v = torch.randn(x.shape, dtype=x.dtype, device=x.device)
+    _, jf = torch.autograd.functional.vjp(model.f, x, v)  # type: ignore[no-untyped-call]
+    pairs = [("f_vjp", model.f_vjp(x, v), jf)]
+    jd = model.D_vjp(x, v)
+    expected = (x.shape[0], model.disturbance_dim, x.shape[1])
+    if tuple(jd.shape) != expected:
+        raise ConfigError(f"model.D_vjp has shape {tuple(jd.shape)}, expected {expected}")
+    for k in range(model.disturbance_dim):
+
+        def column(y: Tensor, k: int = k) -> Tensor:
+            return model.D(y)[:, :, k]
+
+        _, ref = torch.autograd.functional.vjp(column, x, v)  # type: ignore[no-untyped-call]
+        pairs.append((f"D_vjp[:, {k}]", jd[:, k], ref))
+    worst = 0.0
+    for name, got, ref in pairs:
+        if tuple(got.shape) != tuple(ref.shape):
+            raise ConfigError(
+                f"model.{name} has shape {tuple(got.shape)}, expected {tuple(ref.shape)}"
+            )
+        err = float((got - ref).abs().max()) / (1.0 + float(ref.abs().max()))
+        if not err <= tol:
+            raise ConfigError(f"model.{name} differs from autograd by {err:.3g} (tol {tol:g})")
+        worst = max(worst, err)
+    return worst
