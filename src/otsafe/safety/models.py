@@ -11,7 +11,7 @@ reference models used by the tests and examples.
 A model may also provide the vector-Jacobian products that the HOCBF rows need, ``f_vjp`` and
 ``D_vjp`` (:class:`ModelJacobians`); the reference models do, in closed form. Without them the
 rows take the products by autograd, which records a graph for every call and costs one backward
-pass per barrier: for the quadrotor's rows that was most of their time.
+pass per barrier (the gain on the quadrotor is in docs/benchmarks.md).
 """
 
 from __future__ import annotations
