@@ -34,13 +34,9 @@ from otsafe.experiments.stats import Estimate, mean_ci, probability_of_improveme
 LOWER_IS_BETTER = {"violation_rate", "violation_steps", "slack_activations"}
 
 
-def pooled(
-    paths: list[Path], metric: str
-) -> dict[tuple[str, str], dict[str, dict[int, float]]]:
+def pooled(paths: list[Path], metric: str) -> dict[tuple[str, str], dict[str, dict[int, float]]]:
     """(distribution, δ/ρ) -> method -> seed -> value, pooled over the runs' ``eval.csv``."""
-    out: dict[tuple[str, str], dict[str, dict[int, float]]] = defaultdict(
-        lambda: defaultdict(dict)
-    )
+    out: dict[tuple[str, str], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for path in paths:
         with (path / "eval.csv").open() as fh:
             for row in csv.DictReader(fh):

@@ -194,8 +194,9 @@ def test_sweep_runs_everything_then_a_rerun_runs_nothing(
         run_dir = out / row["dir"]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["run"]["label"] == row["label"]
-        assert json.loads(row["summary"])["ot-q"]["collisions_total"] == (
-            summary["methods"]["ot-q"]["collisions_total"]["mean"]
+        assert (
+            json.loads(row["summary"])["ot-q"]["collisions_total"]
+            == (summary["methods"]["ot-q"]["collisions_total"]["mean"])
         )
         assert json.loads(row["config"]) == yaml.safe_load((run_dir / "config.yaml").read_text())
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != "index.csv"}

@@ -255,9 +255,7 @@ class SafetyLayer:
 
         return loss
 
-    def margin_loss_grad(
-        self, rows: CBFRows, u_fixed: Tensor
-    ) -> Callable[[Tensor], Tensor] | None:
+    def margin_loss_grad(self, rows: CBFRows, u_fixed: Tensor) -> Callable[[Tensor], Tensor] | None:
         r"""Closed-form gradient of :meth:`margin_loss` with respect to the atoms, when the rows
         are affine in the atom (else None: autograd).
 

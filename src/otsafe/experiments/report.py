@@ -530,9 +530,7 @@ def _improvement_rows(section: _Section) -> list[tuple[str, ...]]:
             x, y = group.values(metric.key), base.values(metric.key)
             if not (np.isfinite(x).any() and np.isfinite(y).any()):
                 continue
-            est = probability_of_improvement(
-                x, y, metric.higher_is_better, CONFIDENCE, N_RESAMPLES
-            )
+            est = probability_of_improvement(x, y, metric.higher_is_better, CONFIDENCE, N_RESAMPLES)
             rows.append(
                 (
                     group.key.name,
@@ -857,8 +855,7 @@ def _to_html(blocks: Sequence[_Block], title: str) -> str:
         elif isinstance(block, _Table):
             head = "".join(f"<th>{esc(c)}</th>" for c in block.header)
             body = "".join(
-                "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-                for row in block.rows
+                "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in block.rows
             )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(block, _Image):
@@ -881,9 +878,7 @@ def _to_html(blocks: Sequence[_Block], title: str) -> str:
 
 
 # ================================================================================= entry
-def write_report(
-    inputs: Sequence[Path], out: Path, *, title: str | None = None
-) -> ReportResult:
+def write_report(inputs: Sequence[Path], out: Path, *, title: str | None = None) -> ReportResult:
     """Write a report over the runs found under ``inputs`` into the directory ``out``.
 
     Parameters

@@ -55,8 +55,10 @@ def list_sweeps() -> dict[str, str]:
 def builtin_sweep(name: str) -> SweepSpec:
     """The built-in sweep ``name``."""
     if name not in list_sweeps():
-        raise SweepError(f"unknown sweep {name!r}: not a file and not a built-in sweep "
-                         "(`otsafe sweeps` lists them)")
+        raise SweepError(
+            f"unknown sweep {name!r}: not a file and not a built-in sweep "
+            "(`otsafe sweeps` lists them)"
+        )
     data = yaml.safe_load(_sweep_dir().joinpath(f"{name}.yaml").read_text()) or {}
     spec = parse_sweep(data, where=f"built-in sweep {name}")
     return spec.model_copy(update={"name": spec.name or name})

@@ -276,9 +276,7 @@ def _check_same_config(path: Path, config: dict[str, Any], out: Path) -> None:
         raise ResumeError(f"cannot read {str(path)!r}: {exc}") from None
     if not isinstance(old, dict):
         raise ResumeError(f"{str(path)!r} is not an otsafe config")
-    diff = [
-        d for d in config_differences(old, config) if d.split(":")[0] not in _RESUME_MAY_CHANGE
-    ]
+    diff = [d for d in config_differences(old, config) if d.split(":")[0] not in _RESUME_MAY_CHANGE]
     if diff:
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
         raise ResumeError(

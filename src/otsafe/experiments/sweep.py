@@ -189,8 +189,10 @@ def expand_sweep(spec: SweepSpec) -> list[SweepRun]:
         message names the point and the key.
     """
     keys = list(spec.grid)
-    grid_points = [dict(zip(keys, values, strict=True)) for values in
-                   itertools.product(*(spec.grid[k] for k in keys))]
+    grid_points = [
+        dict(zip(keys, values, strict=True))
+        for values in itertools.product(*(spec.grid[k] for k in keys))
+    ]
     extra_points = spec.points or [{}]
     points = [{**g, **e} for g in grid_points for e in extra_points]
     runs: list[SweepRun] = []
