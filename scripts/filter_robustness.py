@@ -15,12 +15,14 @@ Reference controllers (saturated at the action bounds by the environment):
 
 It prints, per filter and δ/ρ, the share of episodes with a violation, the mean over episodes of
 the minimum clearance, the mean numbers of steps with h < 0 and of steps where the QP was
-infeasible (the solver's elastic fallback, the slack), and the return, each with a Student-t
-95% CI over the agents' seeds (each seed draws its own nominal atoms and its episodes' gusts),
-next to the clearance at which a filter pressed against a barrier comes to rest in theory
-(:func:`steady_clearance`, for each obstacle). ``--json`` keeps the per-seed values, ``--figure``
-plots them, ``--load`` prints and plots a saved study again (pass the preset and ``--set`` it
-was run with).
+infeasible (the solver's elastic fallback, the slack), the return, the share of episodes that
+reach the goal, and the mean speed over the steps that end with h < 0 (distance travelled per
+unit time; a filter that stalls inside an obstacle shows a low one; seeds that never violate
+are left out of it), each with a Student-t 95% CI over the agents' seeds (each seed draws its
+own nominal atoms and its episodes' gusts), next to the clearance at which a filter pressed
+against a barrier comes to rest in theory (:func:`steady_clearance`, for each obstacle).
+``--json`` keeps the per-seed values, ``--figure`` plots them, ``--load`` prints and plots a
+saved study again (pass the preset and ``--set`` it was run with).
 
 Run (docs/reproduction/dsrl.md, *The filters alone*)::
 
@@ -88,29 +90,62 @@ class ReferenceAgent:
         return out.action[0].detach().cpu().numpy(), out
 
 
-METRICS = ("violation_rate", "min_clearance", "violation_steps", "slack_steps", "return")
-FLOORS = {"violation_rate": 0.0, "violation_steps": 0.0, "slack_steps": 0.0}
+METRICS = (
+    "violation_rate",
+    "min_clearance",
+    "violation_steps",
+    "slack_steps",
+    "return",
+    "success_rate",
+    "speed_in_violation",
+)
+FLOORS = {"violation_rate": 0.0, "violation_steps": 0.0, "slack_steps": 0.0, "success_rate": 0.0}
 
 
 def episode(
     env: Any, agent: ReferenceAgent, hook: Any, seed: int
-) -> tuple[float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float, tuple[float, int]]:
     """One episode's :data:`METRICS` (:func:`~otsafe.experiments.dsrl_runner.run_episode`):
     violation (0/1), minimum clearance, steps with h < 0, steps where the QP was infeasible (the
-    elastic fallback's slack), and the return."""
-    m = run_episode(env, agent, seed, train=False, disturbance_hook=hook)
+    elastic fallback's slack), the return, goal reached (0/1), and the distance travelled in
+    the steps that end with h < 0 with their number (for the speed there)."""
+    m = run_episode(env, agent, seed, train=False, disturbance_hook=hook, record=True)
+    base = env.unwrapped
+    path = np.asarray(m["path"], dtype=np.float64)
+    positions = path[:, : len(base.goal)]  # both environments put the position first
+    inside = np.array([base.clearances(x).min() < 0 for x in path[1:]])
+    steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
     return (
         float(m["violation"]),
         float(m["min_barrier"]),
         float(m["violation_steps"]),
         float(m["slack_activations"]),
         float(m["return"]),
+        float(m["success"]),
+        (float(steps[inside].sum()), int(inside.sum())),
     )
 
 
-def fmt(values: Sequence[float], floor: float = -math.inf) -> str:
-    """Mean [95% CI], the CI cut at ``floor`` (0 for counts and rates)."""
-    est = mean_ci(values)
+def seed_value(metric: str, runs: Sequence[tuple[Any, ...]], dt: float) -> float:
+    """A seed's value of ``metric``: the mean over its episodes, or for the speed in violation
+    the distance over the time of all its steps that end with h < 0 (NaN if there are none)."""
+    k = METRICS.index(metric)
+    if metric != "speed_in_violation":
+        return float(np.mean([r[k] for r in runs]))
+    distance, count = (sum(r[k][i] for r in runs) for i in (0, 1))
+    return distance / (count * dt) if count else math.nan
+
+
+def fmt(values: Sequence[float] | None, floor: float = -math.inf) -> str:
+    """Mean [95% CI] of the finite values, the CI cut at ``floor`` (0 for counts and rates);
+    with seeds left out (NaN) their number is given, and "–" when there is no value at all
+    (none finite, or a study saved before the metric existed)."""
+    finite = [v for v in values or () if math.isfinite(v)]
+    if not finite:
+        return "–"
+    if values is not None and len(finite) < len(values):
+        return f"{fmt(finite, floor)} ({len(finite)} seeds)"
+    est = mean_ci(finite)
     if not est.ci_high > est.ci_low:  # one seed, or no spread
         return f"{est.mean:.2f}"
     return f"{est.mean:.2f} [{max(est.ci_low, floor):.2f}, {est.ci_high:.2f}]"
@@ -169,8 +204,8 @@ def study(
                 ref = ReferenceAgent(make_agent(cfg, env, method, seed), env, gains)
                 hook = worst_direction_hook(ref, ratio * rho, p0)
                 runs = [episode(env, ref, hook, 1000 * seed + k) for k in range(episodes)]
-                for k, metric in enumerate(METRICS):
-                    cell[metric].append(float(np.mean([r[k] for r in runs])))
+                for metric in METRICS:
+                    cell[metric].append(seed_value(metric, runs, env.unwrapped.dt))
             out[method][f"{ratio:g}"] = cell
             print(f"{method}, δ/ρ = {ratio:g}: done", file=sys.stderr, flush=True)
     return out
@@ -182,12 +217,12 @@ def table(
     """The Markdown table of :func:`study`'s results."""
     lines = [
         "| filter | δ/ρ | violation rate | min clearance | steps with h < 0 | infeasible QP steps "
-        "| return | at rest (theory) |",
-        "|---|---:|---|---|---|---|---|---:|",
+        "| return | goal reached | speed in violation | at rest (theory) |",
+        "|---|---:|---|---|---|---|---|---|---|---:|",
     ]
     for method, cells in results.items():
         for ratio, cell in cells.items():
-            values = " | ".join(fmt(cell[m], FLOORS.get(m, -math.inf)) for m in METRICS)
+            values = " | ".join(fmt(cell.get(m), FLOORS.get(m, -math.inf)) for m in METRICS)
             rest = rest_clearances(method, float(ratio), cfg, barriers)
             theory = f"{min(rest):.2f}" + (
                 f" to {max(rest):.2f}" if max(rest) - min(rest) >= 0.005 else ""

@@ -10,6 +10,7 @@ form: the worst case of the mean gust is exactly ρ towards the obstacle.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -54,13 +55,51 @@ def test_filter_pressed_on_an_obstacle_rests_at_the_closed_form_clearance(
     ref = script.ReferenceAgent(make_agent(cfg, env, method, seed=0), env, (1.0, 1.5))
     p0 = nominal(cfg).with_dim(3)
     hook = worst_direction_hook(ref, ratio * cfg.safety.radius, p0)
-    violation, min_clearance, _, infeasible, _ = script.episode(env, ref, hook, seed=0)
+    violation, min_clearance, _, infeasible, _, success, inside = script.episode(
+        env, ref, hook, seed=0
+    )
     expected = script.steady_clearance(method, ratio, cfg, radius=0.5)
     final = float(env.unwrapped.clearances().min())
     assert final == pytest.approx(expected, abs=0.02)  # at rest on the barrier
     assert min_clearance == pytest.approx(expected, abs=0.03)  # and no overshoot on the way
     assert violation == float(expected < -0.02)
     assert infeasible == 0  # the hard rows stay feasible: no elastic fallback
+    assert success == 0  # the obstacle is in the way, and the filter holds
+    assert (inside[1] > 0) == (violation == 1)
+
+
+def test_a_filter_at_rest_inside_the_obstacle_has_speed_zero_there(script: ModuleType) -> None:
+    """At δ = ρ the nominal filter rests inside the obstacle (at the closed form's −0.22): h < 0
+    for most of the episode and, averaged over those steps, hardly any motion (the approach
+    counts too)."""
+    cfg = quiet_config()
+    env = make_env(cfg)
+    ref = script.ReferenceAgent(make_agent(cfg, env, "ddpg-cbf", seed=0), env, (1.0, 1.5))
+    hook = worst_direction_hook(ref, cfg.safety.radius, nominal(cfg).with_dim(3))
+    runs = [script.episode(env, ref, hook, seed=0)]
+    assert runs[0][2] > 100  # steps with h < 0
+    speed = script.seed_value("speed_in_violation", runs, env.unwrapped.dt)
+    assert 0 <= speed < 0.05
+    # a run with no violation has no speed in violation (left out of the mean over seeds)
+    calm = script.ReferenceAgent(make_agent(cfg, env, "dsrl", seed=0), env, (1.0, 1.5))
+    hook = worst_direction_hook(calm, 0.0, nominal(cfg).with_dim(3))
+    assert math.isnan(
+        script.seed_value("speed_in_violation", [script.episode(env, calm, hook, 0)], 0.1)
+    )
+
+
+def test_seed_values_and_their_format(script: ModuleType) -> None:
+    # two episodes: (distance inside, steps inside) = (0.3, 2) and (0.5, 6): 0.8 / (8 * 0.1)
+    runs = [
+        (1.0, -0.1, 2.0, 0.0, 3.0, 0.0, (0.3, 2)),
+        (1.0, -0.2, 6.0, 1.0, 5.0, 1.0, (0.5, 6)),
+    ]
+    assert script.seed_value("speed_in_violation", runs, 0.1) == pytest.approx(1.0)
+    assert script.seed_value("success_rate", runs, 0.1) == 0.5
+    assert script.seed_value("return", runs, 0.1) == 4.0
+    assert script.fmt([1.0, math.nan, 3.0]).endswith("(2 seeds)")
+    assert script.fmt([math.nan]) == "–"
+    assert script.fmt(None) == "–"  # a study saved before the metric existed
 
 
 def test_steady_clearance_closed_forms(script: ModuleType) -> None:
