@@ -26,11 +26,11 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    """The CLI's error line: exactly one line on stderr, no traceback."""
+def one_line_error(capsys: pytest.CaptureFixture[str], prefix: str = "otsafe: error:") -> str:
+    """The CLI's (or a script's) error line: exactly one line on stderr, no traceback."""
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("otsafe: error:"), err
+    assert lines[0].startswith(prefix), err
     return lines[0]

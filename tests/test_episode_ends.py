@@ -7,17 +7,8 @@ from types import ModuleType
 
 import pytest
 
-from _helpers import load_script
+from _helpers import load_script, one_line_error
 from otsafe.cli import main
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("episode_ends: error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +65,11 @@ def test_bad_input_is_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert script.main([str(run), *args]) == 2
-    assert message in error_line(capsys)
+    assert message in one_line_error(capsys, "episode_ends: error:")
 
 
 def test_not_a_run_directory(
     script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert script.main([str(tmp_path)]) == 2
-    assert "is not a run directory" in error_line(capsys)
+    assert "is not a run directory" in one_line_error(capsys, "episode_ends: error:")
