@@ -493,6 +493,11 @@ def test_check_model_jacobians_catches_a_wrong_closed_form(gen: torch.Generator)
         check_model_jacobians(WrongShape(3), x)
     with pytest.raises(ConfigError, match="has no f_vjp and D_vjp"):
         check_model_jacobians(NonlinearSecondOrder(), x[:, :4])
+    with pytest.raises(ConfigError, match=r"x must be a tensor of shape \(B, 6\)"):
+        check_model_jacobians(DoubleIntegrator(3), x[:, :4])
+    state = torch.random.get_rng_state()
+    check_model_jacobians(DoubleIntegrator(3), x)
+    assert torch.equal(state, torch.random.get_rng_state())
 
 
 def test_jacobian_products_of_the_wrong_shape_are_named() -> None:

@@ -216,7 +216,8 @@ def check_model_jacobians(model: ControlAffineModel, x: Tensor, tol: float = 1e-
 
     For a model of your own that implements :class:`ModelJacobians`: a wrong closed form would
     make every HOCBF row silently wrong, so compare it once with the autograd products
-    :math:`J_f^\top v` and :math:`J_{D_{:k}}^\top v` at random directions :math:`v`.
+    :math:`J_f^\top v` and :math:`J_{D_{:k}}^\top v` at random directions :math:`v` (drawn from a
+    fixed seed: the check is deterministic and leaves the global random state alone).
 
     Parameters
     ----------
@@ -235,13 +236,17 @@ def check_model_jacobians(model: ControlAffineModel, x: Tensor, tol: float = 1e-
     Raises
     ------
     ConfigError
-        The model has no closed form, or it differs from autograd by more than ``tol``.
+        ``x`` is not a batch of states, the model has no closed form, or it differs from
+        autograd by more than ``tol``.
     """
     model = _check_model(model)
     if not isinstance(model, ModelJacobians):
         raise ConfigError(f"{type(model).__name__} has no f_vjp and D_vjp to check")
+    if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != model.state_dim:
+        raise ConfigError(f"x must be a tensor of shape (B, {model.state_dim})")
     x = x.detach()
-    v = torch.randn(x.shape, dtype=x.dtype, device=x.device)
+    gen = torch.Generator(device=x.device).manual_seed(0)  # leaves the global RNG alone
+    v = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=gen)
     _, jf = torch.autograd.functional.vjp(model.f, x, v)  # type: ignore[no-untyped-call]
     pairs = [("f_vjp", model.f_vjp(x, v), jf)]
     jd = model.D_vjp(x, v)
