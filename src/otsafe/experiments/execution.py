@@ -10,6 +10,11 @@ event.
 
 When a job fails, the others are asked to stop the same way, and the first error is re-raised
 once they have checkpointed.
+
+Runs on a GPU start their workers with ``spawn`` (:func:`start_method`): checking the device in
+the parent (``torch.cuda.is_available()``, which the config validation does) already makes CUDA
+unusable in a forked child ("Cannot re-initialize CUDA in forked subprocess"; PyTorch's notes on
+multiprocessing). CPU runs keep the platform's default (``fork`` on Linux), which starts faster.
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
 from otsafe.experiments.checkpoint import CheckpointStore, JobContext, StopRequested
 
-__all__ = ["default_workers", "run_jobs", "stop_on_signals"]
+__all__ = ["default_workers", "run_jobs", "start_method", "stop_on_signals"]
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -113,6 +118,12 @@ def _call_in_worker(
             ticks.put(done)
 
 
+def start_method(devices: Iterable[str]) -> str | None:
+    """The start method for worker processes that will use ``devices``: ``"spawn"`` if any is a
+    CUDA device, else ``None`` (the platform's default)."""
+    return "spawn" if any(str(d).startswith("cuda") for d in devices) else None
+
+
 def run_jobs(
     fn: Callable[[J, JobContext], R],
     jobs: Sequence[J],
@@ -123,14 +134,16 @@ def run_jobs(
     progress: Callable[[int], object] | None = None,
     torch_threads: int | None = None,
     log_dir: Path | None = None,
+    method: str | None = None,
 ) -> list[R]:
     """Run ``fn(job, context)`` for every job; results in job order.
 
     ``workers <= 1`` runs the jobs one after the other in this process; otherwise in a pool of
     ``min(workers, len(jobs))`` processes, each limited to ``torch_threads`` torch threads
-    (``None``: leave torch's default).
+    (``None``: leave torch's default), started with the multiprocessing start ``method``
+    (``None``: the platform's default; see :func:`start_method`).
     """
-    mp = multiprocessing.get_context()
+    mp = multiprocessing.get_context(method)
     stop = mp.Event()
     with stop_on_signals(stop):
         if workers <= 1 or len(jobs) <= 1:
@@ -214,6 +227,8 @@ def execute_run(
 ) -> dict[str, Any]:
     """The life of one run: stage, run the jobs with checkpoints, write outputs, move into place.
 
+    The workers start with :func:`start_method` of ``config["experiment"]["device"]``.
+
     ``write_outputs(staging, results, run_info)`` writes the run's files into the staging
     directory and returns its summary; ``run_info`` (jobs, workers, wall seconds, machine,
     whether it was resumed) is added to the summary as ``summary["run"]``, and ``summary.json``
@@ -252,6 +267,7 @@ def execute_run(
                 progress=bar.update,
                 log_dir=run_dir.staging / "tensorboard",
                 torch_threads=torch_threads,
+                method=start_method([config.get("experiment", {}).get("device", "cpu")]),
             )
         run_info = {
             "otsafe_version": otsafe.__version__,

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from otsafe.errors import SweepError
 from otsafe.experiments.dsrl_config import DSRLConfig
-from otsafe.experiments.execution import default_workers
+from otsafe.experiments.execution import default_workers, start_method
 from otsafe.experiments.sweep import (
     SweepRun,
     SweepSpec,
@@ -264,7 +264,9 @@ def _run_local(
     retries: int,
     report: Report,
 ) -> None:
-    mp = multiprocessing.get_context()
+    # spawn when a run uses CUDA: validating its config already touched CUDA in this process
+    spawn = start_method(r.config.experiment.device for r in todo) == "spawn"
+    mp = multiprocessing.get_context("spawn") if spawn else multiprocessing.get_context()
     queue: deque[tuple[SweepRun, int]] = deque((run, 1) for run in todo)
     running: dict[Any, tuple[Any, SweepRun, int, float]] = {}
     signalled: set[int] = set()
