@@ -32,7 +32,7 @@ import yaml
 
 from otsafe.errors import OtsafeError
 from otsafe.experiments.dsrl_config import DSRLConfig
-from otsafe.experiments.dsrl_runner import make_agent, make_env
+from otsafe.experiments.dsrl_runner import eval_episode_seed, make_agent, make_env
 
 
 @dataclass
@@ -57,8 +57,7 @@ def load_config(run: Path) -> DSRLConfig:
     path = run / "config.yaml"
     if not path.is_file():
         raise OtsafeError(f"{str(run)!r} is not a run directory (no config.yaml)")
-    cfg = DSRLConfig.model_validate(yaml.safe_load(path.read_text()))
-    return cfg
+    return DSRLConfig.model_validate(yaml.safe_load(path.read_text()))
 
 
 def replay(cfg: DSRLConfig, run: Path, method: str, seed: int, tail: int) -> EpisodeEnd:
@@ -73,8 +72,7 @@ def replay(cfg: DSRLConfig, run: Path, method: str, seed: int, tail: int) -> Epi
     agent.load_state_dict(state["agent"])
     base = env.unwrapped
     scale = np.maximum(np.abs(base.action_low), np.abs(base.action_high))
-    ep_seed = int(np.random.SeedSequence([seed, 300, 0]).generate_state(1)[0])  # as the runner
-    obs, _ = env.reset(seed=ep_seed)
+    obs, _ = env.reset(seed=eval_episode_seed(seed, 0))
     dist, u_refs, changed, path = [], [], [], []
     info: dict[str, Any] = {}
     done = False

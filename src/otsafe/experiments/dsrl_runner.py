@@ -222,6 +222,12 @@ def run_episode(
     }
 
 
+def eval_episode_seed(seed: int, k: int) -> int:
+    """The reset seed of evaluation episode ``k`` of the agent trained with ``seed`` (the same
+    for every evaluation distribution, so they differ only in the disturbance)."""
+    return int(np.random.SeedSequence([seed, 300, k]).generate_state(1)[0])
+
+
 def worst_direction_hook(agent: Any, delta: float, base_dist: Any) -> Callable[..., None]:
     """Per step, shift the disturbance by ``delta`` along the most harmful direction."""
     import torch
@@ -332,7 +338,7 @@ def run_dsrl_job(job: DSRLJob, ctx: JobContext | None = None) -> DSRLResult:
             base.set_disturbance(dist)
         episodes = []
         for k in range(cfg.experiment.eval_episodes):
-            ep_seed = int(np.random.SeedSequence([job.seed, 300, k]).generate_state(1)[0])
+            ep_seed = eval_episode_seed(job.seed, k)
             record = k == 0 and mult in (0.0, max(cfg.eval.deltas))
             m = run_episode(env, agent, ep_seed, train=False, disturbance_hook=hook, record=record)
             if record:
