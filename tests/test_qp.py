@@ -431,6 +431,14 @@ def _ok() -> dict[str, object]:
         ({"lb": 1.0, "ub": 0.0}, "lb > ub"),
         ({"lb": float("inf")}, "lb has \\+inf"),
         ({"ub": float("nan")}, "ub has NaN"),
+        ({"lb": torch.tensor([0.0, float("nan")], dtype=F64)}, "lb has NaN"),
+        ({"ub": torch.tensor([float("-inf"), 1.0], dtype=F64)}, "ub has -inf"),
+        ({"lb": 0.0, "ub": torch.tensor([1.0, -1.0], dtype=F64)}, "lb > ub"),
+        ({"weight": torch.tensor([1.0, float("nan")], dtype=F64)}, "weight has NaN"),
+        (
+            {"u_ref": torch.tensor([[0.0, float("inf")]] * 3, dtype=F64), "lb": float("nan")},
+            "u_ref has NaN",
+        ),  # the first failing check is the one reported
         ({"slack_penalty": -1.0}, "slack_penalty"),
         ({"slack_penalty": 0.0}, "slack_penalty"),
         ({"weight": torch.tensor([1.0, -1.0], dtype=F64)}, "diagonal weight must be positive"),
@@ -446,6 +454,26 @@ def test_bad_input_raises_named_error(change: dict[str, object], match: str) -> 
     kwargs = {**_ok(), **change}
     with pytest.raises(QPError, match=match):
         solve_qp(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_infinite_bounds_are_absent_rows(method: str) -> None:
+    """Infinite entries of lb/ub drop out of the problem: the same solution as without them."""
+    rng = np.random.default_rng(5)
+    u_ref, G, h, lb, ub = random_problem(rng, 64, 2, 3, True)
+    assert lb is not None
+    assert ub is not None
+    lb, ub = lb.clone(), ub.clone()
+    lb[::2, 0] = -np.inf
+    ub[1::3, 1] = np.inf
+    u, info = solve_qp(u_ref, G, h, lb, ub, method=method, return_info=True)
+    big = 1e6  # a bound this far away is never active here
+    ref = clarabel(
+        as_np(u_ref), as_np(G), as_np(h), as_np(lb.clamp(min=-big)), as_np(ub.clamp(max=big))
+    )
+    assert np.abs(u.detach().numpy() - ref).max() < 1e-8
+    assert not bool(info.active_lb[::2, 0].any())
+    assert not bool(info.active_ub[1::3, 1].any())
 
 
 def test_enumerate_refuses_too_many_variables() -> None:
@@ -480,14 +508,16 @@ def test_beyond_the_fast_range_same_method_stays_exact() -> None:
     assert np.abs(u.numpy() - ref).max() < 1e-8
 
 
+@pytest.mark.parametrize("stop_early", [True, False])
 @pytest.mark.parametrize("chunk_elements", [1 << 23, 700])
 @pytest.mark.parametrize("n_barriers", [1, 3, 4])
 def test_enumeration_picks_the_first_kkt_candidate_of_all(
-    n_barriers: int, chunk_elements: int
+    n_barriers: int, chunk_elements: int, stop_early: bool
 ) -> None:
-    """The size-by-size enumeration (early stop, open rows alone, chunks) returns the first KKT
-    candidate of the full list, every size evaluated on every row: here with a box, so that the
-    costly sizes do run on the open rows alone, and with duplicated rows (degenerate)."""
+    """The size-by-size enumeration (early stop, open rows alone, chunks; or, as on a GPU, every
+    size on every row) returns the first KKT candidate of the full list, every size evaluated on
+    every row: here with a box, so that the costly sizes do run on the open rows alone, and with
+    duplicated rows (degenerate)."""
     from otsafe.safety import active_set as aset
     from otsafe.safety.qp import _build
 
@@ -501,7 +531,7 @@ def test_enumeration_picks_the_first_kkt_candidate_of_all(
     box = torch.ones(batch, n, dtype=torch.float64)
     prob, _ = _build(u, G, h, -box, box, None, None)
     g = aset.gram(prob)
-    got = aset.enumerate_active_set(g, n, chunk_elements=chunk_elements)
+    got = aset.enumerate_active_set(g, n, chunk_elements=chunk_elements, stop_early=stop_early)
     n_rows = prob.a.shape[1]
     shared = aset._Shared.of(g)
     ok = torch.cat([aset._kkt_candidates(g, k, n, shared) for k in range(n + 1)], 1)

@@ -91,11 +91,16 @@ class Gram:
     tol: Tensor  # (B, M) feasibility tolerance
     present: Tensor  # (B, M) rows with finite b
     eps: float  # relative precision used for the tolerances
+    all_present: bool  # every entry of b is finite
 
 
 @torch.inference_mode()
-def gram(prob: StackedQP) -> Gram:
-    """Precompute :math:`z_0`, :math:`A H^{-1}`, :math:`P` and the violations."""
+def gram(prob: StackedQP, all_present: bool | None = None) -> Gram:
+    """Precompute :math:`z_0`, :math:`A H^{-1}`, :math:`P` and the violations.
+
+    ``all_present`` says whether every entry of :math:`b` is finite, when the caller knows it
+    (it saves reading a flag back from the device); ``None`` finds out.
+    """
     z0 = prob.h_inv(-prob.q)
     ahinv = prob.h_inv(prob.a.transpose(1, 2)).transpose(1, 2)
     p = ahinv @ prob.a.transpose(1, 2)
@@ -104,7 +109,10 @@ def gram(prob: StackedQP) -> Gram:
     eps = 1e-11 if prob.q.dtype == torch.float64 else 2e-5
     # |b| + |A| |z0|, the size of the terms whose difference is tested against zero
     scale = (prob.a.abs() @ z0.abs().unsqueeze(-1)).squeeze(-1) + prob.b.abs().nan_to_num(0.0, 0.0)
-    return Gram(z0=z0, ahinv=ahinv, p=p, v=v, tol=eps * (1.0 + scale), present=present, eps=eps)
+    if all_present is None:
+        all_present = bool(present.all())
+    tol = eps * (1.0 + scale)
+    return Gram(z0, ahinv, p, v, tol, present, eps, all_present)
 
 
 def small_inverse(k: Tensor) -> Tensor:
@@ -193,19 +201,32 @@ def _candidate_table(n_rows: int, n_vars: int, sizes: range, device: torch.devic
 
 def _rows_of(g: Gram, idx: Tensor | slice) -> Gram:
     """The Gram quantities of the batch rows ``idx`` (a slice gives views)."""
-    return Gram(g.z0[idx], g.ahinv[idx], g.p[idx], g.v[idx], g.tol[idx], g.present[idx], g.eps)
+    return Gram(
+        g.z0[idx],
+        g.ahinv[idx],
+        g.p[idx],
+        g.v[idx],
+        g.tol[idx],
+        g.present[idx],
+        g.eps,
+        g.all_present,
+    )
 
 
 @torch.inference_mode()
-def enumerate_active_set(g: Gram, n_vars: int, chunk_elements: int = 1 << 23) -> Tensor:
+def enumerate_active_set(
+    g: Gram, n_vars: int, chunk_elements: int = 1 << 23, stop_early: bool | None = None
+) -> Tensor:
     """Optimal active set by evaluating every candidate with ``|S| <= n_vars <= 3``.
 
     Returns slots (B, n_vars): row indices, -1 for empty slots, all
     :data:`INFEASIBLE_SLOT` for rows with no KKT candidate (infeasible problems).
     The candidates are tried in order of size, and within a size in the order of
-    ``itertools.combinations``; the first KKT candidate wins. The sizes stop once every row has
-    one, and costly sizes run on the rows still open alone (see :func:`_enumerate`). The batch is
+    ``itertools.combinations``; the first KKT candidate wins. On the CPU the sizes stop once
+    every row has one, and costly sizes run on the rows still open alone (see
+    :func:`_enumerate`); on a GPU every size runs on every row, without synchronising. The batch is
     processed in chunks so that at most ``chunk_elements`` candidate residuals are held at once.
+    ``stop_early`` overrides the choice by device (``None``); the result is the same either way.
     """
     if n_vars > 3:
         raise ValueError("enumeration handles at most 3 variables")
@@ -218,20 +239,26 @@ def enumerate_active_set(g: Gram, n_vars: int, chunk_elements: int = 1 << 23) ->
                 _rows_of(g, slice(i, i + step)),
                 n_vars,
                 chunk_elements,
+                stop_early,
             )
             for i in range(0, batch, step)
         ]
         return torch.cat(parts)
-    return _enumerate(g, n_vars, 0)
+    if stop_early is None:
+        # On a GPU, reading back how many rows are still open (a synchronisation) costs more
+        # than the sizes it could save: there, every size runs on every row.
+        stop_early = g.v.device.type == "cpu"
+    return _enumerate(g, n_vars, 0, stop_early)
 
 
-def _enumerate(g: Gram, n_vars: int, first_size: int) -> Tensor:
+def _enumerate(g: Gram, n_vars: int, first_size: int, stop_early: bool) -> Tensor:
     """:func:`enumerate_active_set` on one chunk, trying the sizes from ``first_size`` on.
 
     The sizes are evaluated on the whole chunk and the first KKT candidate is picked once at the
-    end, until the rows still without a candidate are at most half the chunk and the sizes left
-    are costly (at least :data:`_SUBSET_MIN_WORK` candidate residuals per row): those sizes are
-    then evaluated on the open rows alone.
+    end. With ``stop_early`` they stop at the first size that solves every row, and once the
+    rows still without a candidate are at most half the chunk and the sizes left are costly (at
+    least :data:`_SUBSET_MIN_WORK` candidate residuals per row), those sizes are evaluated on the
+    open rows alone. Without it every size is evaluated on the whole chunk.
     """
     batch, n_rows = g.v.shape
     dev = g.v.device
@@ -245,15 +272,15 @@ def _enumerate(g: Gram, n_vars: int, first_size: int) -> Tensor:
             shared = _Shared.of(g)
         oks.append(_kkt_candidates(g, size, n_vars, shared))
         found = found | oks[-1].any(-1)
-        if size == last:
-            break
+        if size == last or not stop_early:
+            continue
         n_open = int((~found).sum())
         if n_open == 0:
             break
         rest_work = sum(math.comb(n_rows, k) for k in range(size + 1, last + 1)) * n_rows
         if 2 * n_open <= batch and rest_work >= _SUBSET_MIN_WORK:
             keep = (~found).nonzero().squeeze(-1)
-            rest = keep, _enumerate(_rows_of(g, keep), n_vars, size + 1)
+            rest = keep, _enumerate(_rows_of(g, keep), n_vars, size + 1, stop_early)
             break
     table = _candidate_table(n_rows, n_vars, range(first_size, first_size + len(oks)), dev)
     ok = torch.cat(oks, 1)
@@ -275,7 +302,7 @@ class _Shared:
 
     @classmethod
     def of(cls, g: Gram) -> _Shared:
-        all_present = bool(g.present.all())
+        all_present = g.all_present
         v = g.v if all_present else torch.where(g.present, g.v, torch.zeros_like(g.v))
         diag = g.p.diagonal(dim1=1, dim2=2)
         return cls(all_present, v, diag, diag.amax(-1, keepdim=True).unsqueeze(1))
@@ -290,8 +317,8 @@ def _kkt_candidates(g: Gram, size: int, n_vars: int, shared: _Shared | None) -> 
     """
     lam_tol = 1e-9 if g.v.dtype == torch.float64 else 1e-4
     det_tol = 1e-12 if g.v.dtype == torch.float64 else 1e-6
-    if size == 0:
-        return (g.v.masked_fill(~g.present, -math.inf) <= g.tol).all(-1, keepdim=True)
+    if size == 0:  # absent rows (b = +inf) have v = -inf and always pass
+        return (g.v <= g.tol).all(-1, keepdim=True)
     assert shared is not None
     all_present, v, diag, p_max = shared.all_present, shared.v, shared.diag, shared.p_max
     cand = _candidates(g.v.shape[1], size, g.v.device)  # (C, size)

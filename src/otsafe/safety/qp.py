@@ -196,7 +196,8 @@ def solve_qp(
     [[1.0, 0.0]]
     """
     squeeze = isinstance(u_ref, Tensor) and u_ref.dim() == 1
-    u_ref, G, h, lb_t, ub_t, weight = _validate(u_ref, G, h, lb, ub, slack_penalty, weight)
+    args = _validate(u_ref, G, h, lb, ub, slack_penalty, weight)
+    u_ref, G, h, lb_t, ub_t, weight = args.u_ref, args.G, args.h, args.lb, args.ub, args.weight
     if backend == "cvxpylayers":
         u = _solve_cvxpylayers(u_ref, G, h, lb_t, ub_t, slack_penalty, weight)
         if return_info:
@@ -207,7 +208,9 @@ def solve_qp(
     if method not in ("auto", "enumerate", "active-set"):
         raise QPError(f"method must be 'auto', 'enumerate' or 'active-set', got {method!r}")
 
-    u, info = _solve_native(u_ref, G, h, lb_t, ub_t, slack_penalty, weight, method, return_info)
+    u, info = _solve_native(
+        u_ref, G, h, lb_t, ub_t, slack_penalty, weight, method, args.finite_bounds, return_info
+    )
     if squeeze:
         u = u.squeeze(0)
     if return_info:
@@ -237,7 +240,13 @@ def _validate(
     ub: Tensor | float | None,
     slack_penalty: float | None,
     weight: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+) -> _Checked:
+    """Check and broadcast the arguments of :func:`solve_qp`.
+
+    Shapes, dtypes and devices are checked first; the checks on values are collected as flags
+    and read back in a single transfer (one host-device synchronisation on a GPU), then the
+    first failing one is raised.
+    """
     if not isinstance(u_ref, Tensor):
         raise QPError(f"u_ref must be a torch tensor, got {type(u_ref).__name__}")
     if u_ref.dtype not in (torch.float32, torch.float64):
@@ -261,11 +270,6 @@ def _validate(
     m = G.shape[1]
     if h.shape != (batch, m):
         raise QPError(f"h must have shape ({batch}, {m}) or ({m},), got {tuple(h.shape)}")
-    finite = torch.isfinite(u_ref).all() & torch.isfinite(G).all() & torch.isfinite(h).all()
-    if not bool(finite):
-        for name, x in (("u_ref", u_ref), ("G", G), ("h", h)):
-            if not bool(torch.isfinite(x).all()):
-                raise QPError(f"{name} has NaN or infinite entries")
 
     bounds: list[Tensor | None] = []
     for name, raw in (("lb", lb), ("ub", ub)):
@@ -281,16 +285,8 @@ def _validate(
                 f"{name} must have shape ({batch}, {n}), ({n},) or be a scalar, "
                 f"got {tuple(t.shape)}"
             )
-        if bool(torch.isnan(t).any()):
-            raise QPError(f"{name} has NaN entries")
         bounds.append(t)
     lb_t, ub_t = bounds
-    if lb_t is not None and bool((lb_t == math.inf).any()):
-        raise QPError("lb has +inf entries")
-    if ub_t is not None and bool((ub_t == -math.inf).any()):
-        raise QPError("ub has -inf entries")
-    if lb_t is not None and ub_t is not None and bool((lb_t > ub_t).any()):
-        raise QPError("lb > ub for some entries: the bounds are inconsistent")
 
     if slack_penalty is not None and (
         isinstance(slack_penalty, bool)
@@ -299,29 +295,68 @@ def _validate(
     ):
         raise QPError(f"slack_penalty must be a positive finite number, got {slack_penalty!r}")
 
+    diagonal_weight = False
     if weight is not None:
         weight = _as_tensor("weight", weight, u_ref)
-        if not bool(torch.isfinite(weight).all()):
-            raise QPError("weight has NaN or infinite entries")
         # A 2-D weight of shape (n, n) is a matrix (also when B == n).
         is_matrix = weight.shape == (n, n) or weight.shape == (batch, n, n)
         if not is_matrix and weight.shape in ((n,), (batch, n)):
-            if bool((weight <= 0).any()):
-                raise QPError("a diagonal weight must be positive")
+            diagonal_weight = True
+        elif not is_matrix:
+            raise QPError(
+                f"weight must have shape ({n},), ({batch}, {n}), ({n}, {n}) or "
+                f"({batch}, {n}, {n}), got {tuple(weight.shape)}"
+            )
+
+    # Checks on values: (flag, error message), read back together.
+    checks: list[tuple[Tensor, str]] = []
+    for name, x in (("u_ref", u_ref), ("G", G), ("h", h)):
+        checks.append((~torch.isfinite(x).all(), f"{name} has NaN or infinite entries"))
+    # absent rows: infinite bounds (lb = -inf, ub = +inf) drop out of the problem
+    infinite: list[Tensor] = []
+    for name, bound, wrong in (("lb", lb_t, math.inf), ("ub", ub_t, -math.inf)):
+        if bound is not None:
+            checks.append((torch.isnan(bound).any(), f"{name} has NaN entries"))
+            sign = "+inf" if wrong > 0 else "-inf"
+            checks.append(((bound == wrong).any(), f"{name} has {sign} entries"))
+            infinite.append(torch.isinf(bound).any())
+    if lb_t is not None and ub_t is not None:
+        inconsistent = "lb > ub for some entries: the bounds are inconsistent"
+        checks.append(((lb_t > ub_t).any(), inconsistent))
+    if weight is not None:
+        checks.append((~torch.isfinite(weight).all(), "weight has NaN or infinite entries"))
+        if diagonal_weight:
+            checks.append(((weight <= 0).any(), "a diagonal weight must be positive"))
+    flags = torch.stack([flag for flag, _ in checks] + infinite).tolist()
+    for failed, (_, message) in zip(flags[: len(checks)], checks, strict=True):
+        if failed:
+            raise QPError(message)
+    finite_bounds = not any(flags[len(checks) :])
+
+    if weight is not None:
+        if diagonal_weight:
             weight = weight.expand(batch, n)
-        elif is_matrix:
+        else:
             weight = weight.expand(batch, n, n)
             if not bool(torch.allclose(weight, weight.transpose(1, 2))):
                 raise QPError("a matrix weight must be symmetric")
             _, err = torch.linalg.cholesky_ex(weight)
             if bool((err != 0).any()):
                 raise QPError("a matrix weight must be positive definite")
-        else:
-            raise QPError(
-                f"weight must have shape ({n},), ({batch}, {n}), ({n}, {n}) or "
-                f"({batch}, {n}, {n}), got {tuple(weight.shape)}"
-            )
-    return u_ref, G, h, lb_t, ub_t, weight
+    return _Checked(u_ref, G, h, lb_t, ub_t, weight, finite_bounds)
+
+
+@dataclass
+class _Checked:
+    """The arguments of :func:`solve_qp` after :func:`_validate`, broadcast to the batch."""
+
+    u_ref: Tensor
+    G: Tensor
+    h: Tensor
+    lb: Tensor | None
+    ub: Tensor | None
+    weight: Tensor | None
+    finite_bounds: bool  # no infinite entry in lb or ub: every stacked row is present
 
 
 # ------------------------------------------------------------------------- stacked problem
@@ -413,6 +448,7 @@ def _solve_native(
     slack_penalty: float | None,
     weight: Tensor | None,
     method: Method,
+    finite_bounds: bool,
     want_info: bool = True,
     elastic: bool = False,
 ) -> tuple[Tensor, QPInfo | None]:
@@ -430,7 +466,7 @@ def _solve_native(
             prob.a.detach(),
             prob.b.detach(),
         )
-        g = gram(detached)
+        g = gram(detached, all_present=finite_bounds)
     if method == "auto":
         # Enumeration costs ~C*M per row (C candidate sets), the active-set method ~M^2 per
         # iteration; measured crossover (benchmarks/bench_qp.py): C*M around 300.
@@ -476,6 +512,7 @@ def _solve_native(
             ELASTIC_PENALTY * scale,
             None if weight is None else weight[rows],
             "auto",
+            finite_bounds,
             elastic=True,
         )
         assert info_el is not None
