@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -474,6 +476,36 @@ def test_infinite_bounds_are_absent_rows(method: str) -> None:
     assert np.abs(u.detach().numpy() - ref).max() < 1e-8
     assert not bool(info.active_lb[::2, 0].any())
     assert not bool(info.active_ub[1::3, 1].any())
+
+
+@pytest.mark.parametrize("bounds", [False, True])
+def test_gpu_path_reads_back_from_the_device_twice(
+    bounds: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forward and backward pass synchronises with the device twice: the value checks (read
+    back together) and the infeasibility flag. Here on the CPU, with the enumeration as on a GPU
+    (no early stop); every read of a tensor into Python is counted."""
+    from otsafe.safety import active_set as aset
+
+    monkeypatch.setattr(aset, "stops_early", lambda device: False)
+    reads: list[str] = []
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(
+            self: torch.Tensor, *args: object, _f: Any = original, _n: str = name, **kw: object
+        ) -> object:
+            reads.append(_n)
+            return _f(self, *args, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    rng = np.random.default_rng(3)
+    u_ref, G, h, lb, ub = random_problem(rng, 512, 2, 3, bounds)
+    u_ref.requires_grad_(True)
+    u = solve_qp(u_ref, G, h, lb, ub)
+    assert isinstance(u, torch.Tensor)
+    u.sum().backward()
+    assert reads == ["tolist", "__bool__"]
 
 
 def test_enumerate_refuses_too_many_variables() -> None:

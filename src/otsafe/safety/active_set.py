@@ -245,10 +245,17 @@ def enumerate_active_set(
         ]
         return torch.cat(parts)
     if stop_early is None:
-        # On a GPU, reading back how many rows are still open (a synchronisation) costs more
-        # than the sizes it could save: there, every size runs on every row.
-        stop_early = g.v.device.type == "cpu"
+        stop_early = stops_early(g.v.device)
     return _enumerate(g, n_vars, 0, stop_early)
+
+
+def stops_early(device: torch.device) -> bool:
+    """Whether enumeration on ``device`` stops at the first size that solves every row.
+
+    Only on the CPU: on a GPU, reading back how many rows are still open (a synchronisation)
+    costs more than the sizes it could save, so every size runs on every row there.
+    """
+    return device.type == "cpu"
 
 
 def _enumerate(g: Gram, n_vars: int, first_size: int, stop_early: bool) -> Tensor:
