@@ -487,6 +487,8 @@ def test_gpu_path_reads_back_from_the_device_twice(
     (no early stop); every read of a tensor into Python is counted."""
     from otsafe.safety import active_set as aset
 
+    assert aset.stops_early(torch.device("cpu"))
+    assert not aset.stops_early(torch.device("cuda"))  # constructing the device needs no GPU
     monkeypatch.setattr(aset, "stops_early", lambda device: False)
     reads: list[str] = []
     for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero"):
