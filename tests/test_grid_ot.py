@@ -756,6 +756,22 @@ def test_property_axis_pass_is_the_dense_log_sum_exp(seed, block, eps, weighted)
         assert float(rel.max()) < 1e-13
 
 
+def test_axis_pass_shares_blocks_between_rows_at_different_heights():
+    """Rows that differ only by a constant (1e4 apart, far beyond exp's range) need no smaller
+    blocks: each row is shifted to a maximum of 0 before the block products."""
+    from otsafe.transport.grid_sinkhorn import _AxisPass
+
+    cells = torch.arange(32, dtype=torch.float64)
+    logk = -((cells[:, None] - cells[None, :]) ** 2) / 2.0
+    base = -0.1 * (cells - 10.0) ** 2
+    h = base[None, :] + 1e4 * torch.arange(16, dtype=torch.float64)[:, None]
+    axis_pass = _AxisPass(16)
+    got = axis_pass(h, logk)
+    want = torch.logsumexp(h[:, None, :] + logk[None, :, :], dim=2)
+    assert axis_pass.fallbacks == 0
+    assert torch.allclose(got, want, rtol=1e-14, atol=0.0)
+
+
 # ------------------------------------------------------------------------------ 10. CUDA
 @CUDA
 def test_cuda_float64_matches_cpu():
