@@ -57,9 +57,10 @@ outputs): a row far below the others would otherwise have all its terms under th
 stabiliser :math:`t_l` and need a smaller block. On converged potentials this lets blocks of 8 to
 16 rows be trusted where 2 to 4 were (128 x 128 at :math:`\varepsilon = 1`, 256 x 256 at
 :math:`\varepsilon = 4`); with the kernel blocks built in place, solves at 100 x 100 to
-256 x 256 became 2 to 4 times faster (``docs/benchmarks.md``). Tilting each row by its mean slope as well (an exact identity for the
-plain kernel, the row read at shifted outputs) let blocks grow twice more, but it was slower up to
-100 x 100 and only 1.2 times faster at 128 x 128, :math:`\varepsilon = 1`; it was left out.
+256 x 256 became 2 to 4 times faster (``docs/benchmarks.md``). Tilting each row by its mean
+slope as well (an exact identity for the plain kernel, the row read at shifted outputs) let
+blocks grow twice more, but it was slower up to 100 x 100 and only 1.2 times faster at
+128 x 128, :math:`\varepsilon = 1`; it was left out.
 The starting block size adapts from pass to pass (doubling after a run of passes with nothing to
 recompute, halving when a quarter of the rows needed it): the result never depends on it, only
 the speed does.
