@@ -302,17 +302,15 @@ def _enumerate(g: Gram, n_vars: int, first_size: int, stop_early: bool) -> Tenso
 class _Shared:
     """The quantities of a Gram batch that every candidate size >= 1 uses."""
 
-    all_present: bool
     v: Tensor  # (B, M) violations, 0 for absent rows
     diag: Tensor  # (B, M) diagonal of P
     p_max: Tensor  # (B, 1, 1) largest diagonal entry
 
     @classmethod
     def of(cls, g: Gram) -> _Shared:
-        all_present = g.all_present
-        v = g.v if all_present else torch.where(g.present, g.v, torch.zeros_like(g.v))
+        v = g.v if g.all_present else torch.where(g.present, g.v, torch.zeros_like(g.v))
         diag = g.p.diagonal(dim1=1, dim2=2)
-        return cls(all_present, v, diag, diag.amax(-1, keepdim=True).unsqueeze(1))
+        return cls(v, diag, diag.amax(-1, keepdim=True).unsqueeze(1))
 
 
 def _kkt_candidates(g: Gram, size: int, n_vars: int, shared: _Shared | None) -> Tensor:
@@ -327,7 +325,7 @@ def _kkt_candidates(g: Gram, size: int, n_vars: int, shared: _Shared | None) -> 
     if size == 0:  # absent rows (b = +inf) have v = -inf and always pass
         return (g.v <= g.tol).all(-1, keepdim=True)
     assert shared is not None
-    all_present, v, diag, p_max = shared.all_present, shared.v, shared.diag, shared.p_max
+    v, diag, p_max = shared.v, shared.diag, shared.p_max
     cand = _candidates(g.v.shape[1], size, g.v.device)  # (C, size)
     if size == 1:  # lam_i = v_i / P_ii;  residual v - lam_i P_i:
         regular = diag > 1e-14 * (1.0 + p_max[:, 0])
@@ -354,7 +352,7 @@ def _kkt_candidates(g: Gram, size: int, n_vars: int, shared: _Shared | None) -> 
         lam = (inv @ v[:, cand].unsqueeze(-1)).squeeze(-1)
         resid = v.unsqueeze(1) - (lam.unsqueeze(-1) * g.p[:, cand, :]).sum(-2)
         lam_abs, lam_min = lam.abs().amax(-1), lam.amin(-1)
-    if not all_present:
+    if not g.all_present:
         regular = regular & g.present[:, cand].all(-1)
         resid = resid.masked_fill(~g.present.unsqueeze(1), -math.inf)
     # rounding in v - P_S lam grows with |P_S| |lam|, so the tolerance does too
