@@ -772,6 +772,33 @@ def test_axis_pass_shares_blocks_between_rows_at_different_heights():
     assert torch.allclose(got, want, rtol=1e-14, atol=0.0)
 
 
+def test_axis_pass_block_size_drops_at_once_and_grows_back():
+    """The adaptive block size. Rows that can share blocks of 4 but no larger ones (16 groups of
+    4 equal rows, each group peaked at its own cell) take a new pass from 256 rows to blocks of 4
+    in its first call (halving, the old rule, took several calls); after a run of passes that
+    recompute nothing it tries blocks of 8, and drops again when they fail (to 2, the first
+    smaller size tried)."""
+    from otsafe.transport.grid_sinkhorn import _GROW_AFTER, _MAX_BLOCK, _AxisPass
+
+    cells = torch.arange(64, dtype=torch.float64)
+    logk = -((cells[:, None] - cells[None, :]) ** 2) / 0.5
+    peaks = 4.0 * torch.arange(16, dtype=torch.float64).repeat_interleave(4)
+    h = -2.0 * (cells[None, :] - peaks[:, None]) ** 2
+    want = torch.logsumexp(h[:, None, :] + logk[None, :, :], dim=2)
+    axis_pass = _AxisPass()
+    assert axis_pass.block == _MAX_BLOCK
+    assert torch.allclose(axis_pass(h, logk), want, rtol=1e-13, atol=0.0)
+    assert axis_pass.block == 4
+    assert axis_pass.fallbacks == 64  # every row, once
+    for _ in range(_GROW_AFTER):
+        assert torch.allclose(axis_pass(h, logk), want, rtol=1e-13, atol=0.0)
+    assert axis_pass.fallbacks == 64  # blocks of 4 recompute nothing
+    assert axis_pass.block == 8
+    assert torch.allclose(axis_pass(h, logk), want, rtol=1e-13, atol=0.0)
+    assert axis_pass.fallbacks - 64 > 64 // 4  # more than a quarter of the rows recomputed
+    assert axis_pass.block == 2  # blocks of 2, the first fallback size, left none
+
+
 # ------------------------------------------------------------------------------ 10. CUDA
 @CUDA
 def test_cuda_float64_matches_cpu():

@@ -61,9 +61,12 @@ stabiliser :math:`t_l` and need a smaller block. On converged potentials this le
 slope as well (an exact identity for the plain kernel, the row read at shifted outputs) let
 blocks grow twice more, but it was slower up to 100 x 100 and only 1.2 times faster at
 128 x 128, :math:`\varepsilon = 1`; it was left out.
-The starting block size adapts from pass to pass (doubling after a run of passes with nothing to
-recompute, halving when a quarter of the rows needed it): the result never depends on it, only
-the speed does.
+The starting block size adapts from pass to pass: it starts at 256 rows, drops at once to the
+first smaller size that left at most a quarter of the rows to recompute, and doubles after a run
+of passes that recomputed at most 1/16 of them. The result depends on it only through rounding;
+the speed depends on it a lot (starting at 8 rows and doubling only after 32 passes with nothing
+recomputed, as until stop 17, made a 1000 x 1000 solve at :math:`\varepsilon = 64` twice as
+slow: after its first 44 iterations the blocks had only grown to 16 rows).
 
 Iterations
 ----------
@@ -120,11 +123,16 @@ __all__ = ["GridSinkhorn", "GridSinkhornPlan", "SinkhornInfo", "check_grid_margi
 # covering the number of terms and the precision (rounding 1e-16 in float64, 1e-7 in float32).
 _CUTOFF = {8: 340.0, 4: 42.0}  # by itemsize
 _MARGIN = {8: 37.0, 4: 17.0}
-_MAX_BLOCK = 256
+_NUMPY_DTYPE = {8: np.float64, 4: np.float32}
+_MAX_BLOCK = 256  # also the starting block size
 _DIVERGED = 10.0  # error above this multiple of the best one: over-relaxation has diverged
 _STALLED = 100  # iterations without a new best error: over-relaxation oscillates
 _WARM_BUDGET = 25  # iterations a warm start gets before the solver starts afresh
-_GROW_AFTER = 32  # clean passes before a larger block is tried
+# Block-size adaptation of the axis passes (_AxisPass): a pass starts with blocks of _MAX_BLOCK
+# rows, shrinks them when more than a quarter of the rows needed smaller ones, and tries twice
+# the size after _GROW_AFTER passes with at most 1/_CLEAN_SHARE of the rows recomputed.
+_GROW_AFTER = 8
+_CLEAN_SHARE = 16
 _CHUNK_ELEMENTS = 1 << 24  # bound on the kernel temporaries of one axis pass (elements)
 
 
@@ -245,8 +253,8 @@ class _AxisPass:
     the largest term of every sum is 1).
     """
 
-    def __init__(self, block: int = 8) -> None:
-        self.block = block
+    def __init__(self, block: int | None = None) -> None:
+        self.block = _MAX_BLOCK if block is None else block
         self.entries = 0
         self.fallbacks = 0
         self._clean_streak = 0
@@ -284,7 +292,10 @@ class _AxisPass:
         out, bad = _blocked_pass(h, logk, b)
         redo = bad.any(dim=1).nonzero().squeeze(1)
         n_redo = int(redo.numel())
+        settled = b  # the first block size after which at most a quarter of the rows was left
         while redo.numel() and b > 1:
+            if redo.numel() > n_rows // 4:
+                settled = max(1, b // 4)
             b = max(1, b // 4)
             sub, sub_bad = _blocked_pass(h[redo], logk, b)
             out[redo] = sub
@@ -292,12 +303,17 @@ class _AxisPass:
         self.entries += n_rows
         self.fallbacks += n_redo
         # Adapt the starting block size for the next call (the result depends on it only in the
-        # last bits, through rounding; see GridSinkhorn.adaptive_state): halve it when more than a
-        # quarter of the rows needed smaller blocks, try doubling it after a run of clean passes.
+        # last bits, through rounding; see GridSinkhorn.adaptive_state). When more than a quarter
+        # of the rows needed smaller blocks, take the first smaller size that left at most a
+        # quarter; try doubling it after a run of passes with few rows recomputed. (Halving
+        # instead, the old rule, takes many passes to get down from a large size. Restarting at
+        # twice the settled size, or going back to the last good size after a failed doubling,
+        # did 4-13% fewer kernel exponentials but recomputed more rows, and took as long or
+        # longer, up to 1.2x at 256 x 256, eps = 4.)
         if n_redo > n_rows // 4 and self.block > 1:
-            self.block //= 2
+            self.block = settled
             self._clean_streak = 0
-        elif n_redo == 0:
+        elif n_redo * _CLEAN_SHARE <= n_rows:
             self._clean_streak += 1
             if self._clean_streak >= _GROW_AFTER and self.block < min(_MAX_BLOCK, n_rows):
                 self.block *= 2
@@ -338,8 +354,16 @@ def _blocked_pass(h: torch.Tensor, logk: torch.Tensor, b: int) -> tuple[torch.Te
 
 def _exp_cut_(x: torch.Tensor, cutoff: float) -> torch.Tensor:
     """``exp(x)`` for ``x <= 0``, with results below ``exp(-cutoff)`` set to exactly zero; in
-    place (``x`` is overwritten and returned)."""
-    return x.masked_fill_(x < -cutoff, -math.inf).exp_()
+    place (``x`` is overwritten and returned).
+
+    ``threshold_`` keeps the entries above its threshold (and NaN) in one pass, without the
+    boolean mask of ``masked_fill_(x < -cutoff, ...)``: 1.6x faster on 4e6 float64 entries, and the
+    same result (the threshold is the number just below ``-cutoff``, so ``-cutoff`` is kept).
+    """
+    import torch
+
+    below = float(np.nextafter(np.array(-cutoff, dtype=_NUMPY_DTYPE[x.element_size()]), -np.inf))
+    return torch.threshold_(x, below, -math.inf).exp_()
 
 
 class _SoftMin:
