@@ -796,7 +796,7 @@ def test_axis_pass_block_size_drops_at_once_and_grows_back():
     assert axis_pass.block == 8
     assert torch.allclose(axis_pass(h, logk), want, rtol=1e-13, atol=0.0)
     assert axis_pass.fallbacks - 64 > 64 // 4  # more than a quarter of the rows recomputed
-    assert axis_pass.block == 2  # blocks of 2, the first fallback size, left none
+    assert axis_pass.block == 2  # blocks of 2, the first fallback size, left at most a quarter
 
 
 # ------------------------------------------------------------------------------ 10. CUDA
