@@ -21,16 +21,23 @@ from otsafe.envs.gridworld import GridWorld
 
 
 class Timer:
-    """Calls ``fn`` and adds the wall time to ``total``."""
+    """Calls ``fn`` and adds the wall time to ``total``; with ``label``, prints each call's time
+    to stderr as it ends (a city1000 episode on the CPU takes long enough to need it)."""
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], label: str | None = None) -> None:
         self.fn = fn
+        self.label = label
         self.total = 0.0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         out = self.fn(*args, **kwargs)
-        self.total += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.total += seconds
+        if self.label is not None:
+            info = getattr(out, "info", None)
+            detail = "" if info is None else f", {info.iterations} iterations"
+            print(f"  {self.label}: {seconds:.2f} s{detail}", file=sys.stderr, flush=True)
         return out
 
 
@@ -44,6 +51,9 @@ def main() -> None:
     parser.add_argument("--mode", default="visits", choices=["visits", "truncated"])
     parser.add_argument("--max-steps", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--phases", action="store_true", help="print every P^pi and OT solve time as it ends"
+    )
     parser.add_argument(
         "--exact", action="store_true", help="also time exact OT (multiscale and tripartite)"
     )
@@ -70,8 +80,8 @@ def main() -> None:
             state_distribution=args.mode,
         )
         # Wrap the chain solve and the OT solve in timers (instance attributes shadow methods).
-        chain_timer = Timer(agent._chain.state_distribution)
-        ot_timer = Timer(agent._ot.solve)
+        chain_timer = Timer(agent._chain.state_distribution, "P^pi" if args.phases else None)
+        ot_timer = Timer(agent._ot.solve, "OT solve" if args.phases else None)
         object.__setattr__(agent._chain, "state_distribution", chain_timer)
         agent._ot.solve = ot_timer  # type: ignore[method-assign]
         times: dict[str, list[float]] = {"episode": [], "chain": [], "ot": []}

@@ -14,7 +14,8 @@
 #   qp.txt        issue 3: B = 4096, n = 2, m = 4 <= 1 ms, with qpth and cvxpylayers beside it
 #   grid_ot.txt   issue 5: 1000x1000 <= 2 s per plan, and the 256x256 GPU rows
 #   markov.txt    issue 5: P^pi for 10^6 cells on the GPU
-#   otq_large.txt issue 5: time per OT-Q episode on city1000 (per episode, as it goes)
+#   otq_large.txt issue 5: time per OT-Q episode on city1000 (each P^pi and OT solve as it ends;
+#                 P^pi is truncated at 10^6 steps, 10^6 sparse steps: ~1.75 h on the 2-core CPU)
 #   dsrl.txt      issue 4: dsrl-dubins-quick end to end with --device cuda, and its wall time
 set -u
 cd "$(dirname "$0")/.."
@@ -79,7 +80,7 @@ step grid_ot 100 bash -c "$grid_cmd"
 step markov 60 "$PY" benchmarks/bench_markov.py --device "$DEVICE" "${markov_sizes[@]}" \
     --repeats 2
 step otq_large 80 "$PY" benchmarks/bench_otq_large.py "${otq_map[@]}" --device "$DEVICE" \
-    --mode truncated
+    --mode truncated --phases
 step dsrl 45 "$PY" -m otsafe.cli run dsrl-dubins-quick --out "$OUT/dsrl-run" \
     --device "$DEVICE"
 rm -rf "$OUT/dsrl-run" # too many files to come back; its wall time is in summary.txt

@@ -453,6 +453,34 @@ def test_default_omega_converges_on_a_tiny_problem():
     assert plan.info.converged
 
 
+@pytest.mark.parametrize(
+    ("shape", "eps", "omega", "stage_iter"),
+    [((100, 100), 2.0, 1.9, 1), ((100, 100), 1.9, 1.95, 20), ((30, 30), 0.05, 1.95, 20)],
+)
+def test_auto_iteration_settings_follow_epsilon_over_squared_diameter(
+    shape, eps, omega, stage_iter
+):
+    # 100 x 100: squared diameter 19,602, so the threshold 1e-4 * D^2 lies between 1.9 and 2.
+    solver = GridSinkhorn(shape, epsilon=eps)
+    assert (solver.omega, solver.stage_iter) == (omega, stage_iter)
+
+
+def test_converged_annealing_stages_pay_off_at_small_epsilon():
+    # eps / D^2 = 3e-5: one iteration per stage and omega = 1.9 (the settings until stop 18) took
+    # 4,981 iterations here; converged stages and omega = 1.95 take 467.
+    shape = (30, 30)
+    a, b = _blob(shape, (6.0, 9.0), 90.0) + 1e-3, _blob(shape, (21.0, 18.0), 45.0) + 1e-3
+    a, b = a / a.sum(), b / b.sum()
+    auto = GridSinkhorn(shape, epsilon=0.05, tol=1e-3, max_iter=600).solve(a, b)
+    assert auto.info.converged
+    old = GridSinkhorn(
+        shape, epsilon=0.05, tol=1e-3, max_iter=600, omega=1.9, stage_iter=1, strict=False
+    ).solve(a, b)
+    assert not old.info.converged
+    exact = ot.emd2(a.ravel(), b.ravel(), sqeuclidean_cost(grid_coordinates(shape)))
+    assert abs(auto.wasserstein() ** 2 - exact) <= 0.01 * exact
+
+
 def test_column_marginal_exact_without_over_relaxation():
     shape = (6, 6)
     rng = np.random.default_rng(5)
@@ -547,6 +575,11 @@ def test_two_dimensional_histogram_of_wrong_shape_is_rejected():
         ({"omega": 0.9}, r"^omega"),
         ({"omega": 2.0}, r"^omega"),
         ({"omega": math.nan}, r"^omega"),
+        ({"omega": "fast"}, r"^epsilon, tol, scaling and omega"),
+        ({"stage_iter": 0}, r"^stage_iter"),
+        ({"stage_iter": 2.5}, r"^stage_iter"),
+        ({"stage_iter": True}, r"^stage_iter"),
+        ({"stage_iter": "many"}, r"^stage_iter"),
         ({"dtype": "float16"}, r"^dtype"),
         ({"dtype": torch.float16}, r"^dtype"),
         ({"dtype": "int64"}, r"^dtype"),
@@ -559,7 +592,7 @@ def test_two_dimensional_histogram_of_wrong_shape_is_rejected():
 def test_bad_solver_settings(kwargs, pattern):
     with pytest.raises(ConfigError, match=pattern):
         GridSinkhorn((3, 3), **kwargs)
-    grid_kwargs = {k: v for k, v in kwargs.items() if k not in ("scaling", "omega")}
+    grid_kwargs = {k: v for k, v in kwargs.items() if k not in ("scaling", "omega", "stage_iter")}
     if grid_kwargs:  # grid_plan passes them through to GridSinkhorn
         with pytest.raises(ConfigError, match=pattern):
             grid_plan(_A, _A, "sinkhorn", **grid_kwargs)

@@ -552,6 +552,7 @@ class QLearning:
                 "max_iter": ot.max_iter,
                 "scaling": ot.scaling,
                 "omega": ot.omega,
+                "stage_iter": ot.stage_iter,
                 "strict": ot.strict,
                 "device": str(ot.device),
                 "dtype": str(ot.dtype),
