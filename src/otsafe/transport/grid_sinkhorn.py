@@ -89,12 +89,12 @@ How long each stage lasts, and :math:`\omega`, depend on how hard the problem is
 * :math:`\varepsilon < 10^{-4} D^2` (a blur of under 1% of the diameter): each stage iterates
   plain Sinkhorn until its column-marginal error is at most ``max(tol, 1e-2)``, at most 20 times,
   and the target uses :math:`\omega = 1.95`. Over-relaxation converges only near the solution;
-  from one iteration per stage, 1.95 diverged at these sizes, from converged stages it is 2 to 5
+  from one iteration per stage, 1.95 diverged at these sizes; from converged stages it is 2 to 4
   times faster than before. Measured (stop 18, ``docs/benchmarks.md``): iterations to
   ``tol = 1e-3`` fell from 283 to 183 (100 x 100, :math:`\varepsilon = 1`), 464 to 209
   (256 x 256, :math:`\varepsilon = 4`) and 2,932 to 1,242 (OT-Q's ``city1000`` distributions
-  pooled to 250 x 250, :math:`\varepsilon = 1`); on easier problems converging the stages cost
-  up to 40% more iterations than it saved, hence the threshold.
+  pooled to 250 x 250, :math:`\varepsilon = 1`). On easier problems converged stages took up to
+  40% more iterations in all (twice as many with 1.95), hence the threshold.
 
 A solve that does not reach ``tol`` within ``max_iter`` iterations raises
 :class:`~otsafe.errors.ConvergenceError` (or, with ``strict=False``, returns a plan whose
