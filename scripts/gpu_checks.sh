@@ -15,7 +15,7 @@
 #   grid_ot.txt   issue 5: 1000x1000 <= 2 s per plan, and the 256x256 GPU rows
 #   markov.txt    issue 5: P^pi for 10^6 cells on the GPU
 #   otq_large.txt issue 5: time per OT-Q episode on city1000 (each P^pi and OT solve as it ends;
-#                 P^pi is truncated at 10^6 steps, 10^6 sparse steps: ~1.75 h on the 2-core CPU)
+#                 P^pi truncated at 10^6 steps is 10^6 sparse products: ~1.75 h on the 2-core CPU)
 #   dsrl.txt      issue 4: dsrl-dubins-quick end to end with --device cuda, and its wall time
 set -u
 cd "$(dirname "$0")/.."
