@@ -751,14 +751,20 @@ class GridSinkhorn:
         eps_final = self.epsilon
 
         machine_eps = torch.finfo(dt).eps
+        a_mass, b_mass = log_a.exp(), log_b.exp()
+
+        def marginal_error(
+            mass: torch.Tensor, old: torch.Tensor, new: torch.Tensor, eps: float
+        ) -> float:
+            """l1 error of a marginal mass * exp((old - new)/eps): the row marginal of (f, g) with
+            old = f, new = f_update(g); the column marginal with old = g, new = g_update(f)."""
+            return float((mass * torch.expm1((old - new) / eps).abs()).nan_to_num().sum())
 
         def row_error(f: torch.Tensor, f_new: torch.Tensor) -> float:
             """l1 error of the row marginal a * exp((f - f_new)/eps) of the plan (f, g), where
             f_new = f_update(g); never below the rounding resolution of the potentials (which
             matters in float32: (f + g - c)/eps carries relative rounding machine_eps)."""
-            error = float(
-                (log_a.exp() * torch.expm1((f - f_new) / eps_final).abs()).nan_to_num().sum()
-            )
+            error = marginal_error(a_mass, f, f_new, eps_final)
             resolution = machine_eps * float(f.abs().amax() + f_new.abs().amax()) / eps_final
             return max(error, resolution)
 
@@ -819,7 +825,6 @@ class GridSinkhorn:
             # epsilon-scaling from the squared diameter down: up to stage_iter plain iterations
             # per stage, until the column marginal of (f, g_old) is within stage_tol.
             stage_tol = max(self.tol, _STAGE_TOL)
-            b_mass = log_b.exp()
             f = torch.zeros(self.shape, dtype=dt, device=dev)
             g = torch.zeros(self.shape, dtype=dt, device=dev)
             eps = max(self._diameter2, eps_final)
@@ -831,11 +836,9 @@ class GridSinkhorn:
                     f = f_update(g, eps)
                     g_new = g_update(f, eps)
                     iterations += 1
-                    # (the column marginal of (f, g) is b * exp((g - g_new)/eps))
                     last = (
                         k + 1 == self.stage_iter
-                        or float((b_mass * torch.expm1((g - g_new) / eps).abs()).nan_to_num().sum())
-                        <= stage_tol
+                        or marginal_error(b_mass, g, g_new, eps) <= stage_tol
                     )
                     g = g_new
                     if last:
